@@ -103,7 +103,7 @@ export function backoffDelay(attempt, base = 500, max = 20000, random = Math.ran
  */
 export function pageToken(loc = globalThis.location) {
   const fromHash = new URLSearchParams((loc?.hash ?? "").replace(/^#/, "")).get("token");
-  return fromHash || globalThis.OPSPUSH_TOKEN || null;
+  return fromHash || /** @type {any} */ (globalThis).OPSPUSH_TOKEN || null;
 }
 
 /**
@@ -149,6 +149,8 @@ export class OpsPush {
     this.closed = false;
     /** true from the decision to connect until the socket exists (token lookups are async) */
     this.pending = false;
+    /** true while a reconnect waits for the hidden page to become visible again */
+    this.deferred = false;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.timer = null;
     /** @type {{user_id: number, expires_at: string} | null} */
@@ -261,6 +263,12 @@ export class OpsPush {
 
   async _connect() {
     this.timer = null;
+    if (this.pauseReasons.has("hidden")) {
+      // A hidden page connects (and costs the server reads) only once it is seen again.
+      this.deferred = true;
+      this.pending = true;
+      return;
+    }
     this.pending = true;
     let token;
     try {
@@ -379,6 +387,7 @@ export class OpsPush {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.pending = false;
+    this.deferred = false;
     const ws = this.ws;
     this.ws = null;
     this.welcomed = false;
@@ -501,7 +510,14 @@ export class OpsPush {
   }
 
   _syncVisibility() {
-    if (document.visibilityState === "hidden") this.pause("hidden");
-    else this.resume("hidden");
+    if (document.visibilityState === "hidden") {
+      this.pause("hidden");
+      return;
+    }
+    this.resume("hidden");
+    if (this.deferred) {
+      this.deferred = false;
+      this._connect();
+    }
   }
 }

@@ -34,7 +34,8 @@ export function mountReviewPackCard(root, { client, tenantId }) {
   const sub = client.subscribe(`review-pack:${tenantId}`, {
     onState(data) {
       const pack = data?.pack ?? null;
-      const status = pack && Object.hasOwn(PACK_STATUS, pack.status) ? pack.status : pack ? "failed" : "none";
+      /** @type {keyof typeof PACK_STATUS} */
+      const status = !pack ? "none" : Object.hasOwn(PACK_STATUS, pack.status) ? pack.status : "failed";
       card.dataset.packStatus = pack ? String(pack.status) : "none";
       body.replaceChildren(...renderPack(pack, status));
       const wasActive = previous === "queued" || previous === "generating";
@@ -104,7 +105,10 @@ function renderFacts(pack, status) {
   return h("dl", { class: "facts" }, ...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
 }
 
-/** Scalar entries of the pack summary (its shape is free-form jsonb). */
+/**
+ * Scalar entries of the pack summary (its shape is free-form jsonb).
+ * @param {any} summary
+ */
 function renderSummary(summary) {
   if (!summary || typeof summary !== "object" || Array.isArray(summary)) return null;
   const entries = Object.entries(summary)

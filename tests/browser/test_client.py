@@ -152,18 +152,35 @@ async def test_hidden_tab_and_modal_pause_until_both_are_gone(page: Any) -> None
     assert await sock.recv() == {"op": "resume"}
 
 
-async def test_paused_client_stays_paused_after_reconnecting(page: Any) -> None:
+async def test_modal_pause_survives_a_reconnect(page: Any) -> None:
     server = await start(page, "operations:3")
+    sock = await server.accept()
+    await sock.handshake()
+    await subscribed(sock, 1)
+    await page.evaluate("client.pause('modal')")
+    assert await sock.recv() == {"op": "pause", "reason": "modal"}
+    await sock.close(1011)  # an unexpected server error
+    sock2 = await server.accept()
+    await sock2.handshake()
+    assert await subscribed(sock2, 1) == {"operations:3"}
+    assert await sock2.recv() == {"op": "pause", "reason": "modal"}
+
+
+async def test_hidden_page_reconnects_only_when_shown_again(page: Any) -> None:
+    server = await start(page, "run:1")
     sock = await server.accept()
     await sock.handshake()
     await subscribed(sock, 1)
     await page.evaluate(SET_VISIBILITY_JS, "hidden")
     assert (await sock.recv())["op"] == "pause"
-    await sock.close(1011)  # an unexpected server error
+    await sock.close(1012)
+    await page.wait_for_function("client.deferred === true")  # the backoff ran out, still hidden
+    assert server.count == 1
+    await page.evaluate(SET_VISIBILITY_JS, "visible")
     sock2 = await server.accept()
     await sock2.handshake()
-    assert await subscribed(sock2, 1) == {"operations:3"}
-    assert await sock2.recv() == {"op": "pause", "reason": "hidden"}
+    assert await subscribed(sock2, 1) == {"run:1"}
+    await logged(page, "conn:live")
 
 
 async def test_unsubscribing_the_last_channel_closes_the_socket(page: Any) -> None:
