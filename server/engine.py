@@ -1,0 +1,596 @@
+"""The subscription engine: one shared reader per channel, however many viewers watch it.
+
+Each watched channel is a `Watch`. A scheduler keeps every watch's next due time on a heap;
+at each tick the engine reads every due watch of a kind with one batched query, hashes the
+new state, and hands it to the viewers whose last state differs. The interval rules decide
+the next read; a terminal state is pushed once more with `interval: null`, followed by `end`,
+and the watch is dropped. Access is decided per (channel, user), from facts loaded in one
+batched query for all users that need them, and re-checked on a fixed cadence.
+
+The engine never waits for a socket: viewers are handed frames through their `Outbox`.
+All of it runs on one event loop, so no locks: state changes only between awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from . import access, protocol, rules, views
+from .access import CapabilityTable, Decision, RunScope, TenantScope, UserFacts
+from .channels import Channel, Kind
+from .clock import Clock, SystemClock
+from .outbox import Outbox
+from .stats import EngineStats
+from .storage import AccessSnapshot, Row, Storage
+
+log = logging.getLogger("opspush.engine")
+
+FACTS_TIMEOUT = 10.0  # how long a handshake waits for its user's access facts
+
+
+class Viewer(Protocol):
+    """The engine's view of one WebSocket session."""
+
+    user_id: int
+    outbox: Outbox
+
+    def subscription_closed(self, ch: str, *, ended: bool) -> None:
+        """The engine dropped this subscription: after an `end` frame, or a refusal."""
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    viewer: Viewer
+    paused: bool = False
+    accepted: bool = False  # access granted and the first state handed over
+    last_hash: bytes | None = None
+
+
+@dataclass(eq=False)
+class Watch:
+    channel: Channel
+    name: str
+    subs: dict[Viewer, Subscription] = field(default_factory=dict)
+    active: int = 0  # subscriptions not paused
+    next_due: float | None = None  # monotonic; None until first read
+    read_at: float | None = None
+    interval: int | None = None
+    final: bool = False
+    existed: bool = False  # seen in the database at least once
+    # The latest read. A run or a card is the same for everyone; a wall is filtered per user.
+    scope: RunScope | TenantScope | None = None
+    frame: str | None = None
+    digest: bytes | None = None
+    wall_runs: list[tuple[RunScope, str]] = field(default_factory=list)
+    wall_frames: dict[int, tuple[bytes, str]] = field(default_factory=dict)
+    retry_delay: float = 0.0
+
+    def users(self) -> set[int]:
+        return {viewer.user_id for viewer in self.subs}
+
+
+def _digest(data_json: str) -> bytes:
+    return hashlib.blake2b(data_json.encode(), digest_size=16).digest()
+
+
+class Engine:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        clock: Clock | None = None,
+        recheck_interval: float = 5.0,
+        grid: float = 0.5,
+        wall_max_runs: int = 500,
+        stats: EngineStats | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock: Clock = clock or SystemClock()
+        self.recheck_interval = recheck_interval
+        self.grid = grid
+        self.wall_max_runs = wall_max_runs
+        self.stats = stats or EngineStats()
+        self.watches: dict[Channel, Watch] = {}
+        self._heap: list[tuple[float, int, Channel]] = []
+        self._seq = 0
+        self._attention: set[Channel] = set()  # answer newcomers; read unless fresh
+        self._forced: set[Channel] = set()  # read at the next tick, fresh or not
+        self._pending: dict[Channel, list[Subscription]] = {}  # waiting for a first answer
+        self._facts: dict[int, tuple[UserFacts, float]] = {}
+        self._capabilities = CapabilityTable()
+        self._fact_waiters: dict[int, list[asyncio.Future[UserFacts]]] = {}
+        self._next_recheck = self.clock.monotonic() + recheck_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = True  # the last tick's database work succeeded
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        assert self._task is None, "engine already started"
+        self._task = asyncio.create_task(self._run(), name="opspush-engine")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for waiters in self._fact_waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._fact_waiters.clear()
+
+    async def _run(self) -> None:
+        while True:
+            timeout = self._seconds_to_next_due()
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end every subscription of the process
+                log.exception("engine tick failed")
+                await asyncio.sleep(1.0)
+
+    def _seconds_to_next_due(self) -> float:
+        now = self.clock.monotonic()
+        candidates = [self._next_recheck]
+        while self._heap:
+            due, _, channel = self._heap[0]
+            watch = self.watches.get(channel)
+            if watch is None or watch.next_due != due:
+                heapq.heappop(self._heap)  # stale entry
+                continue
+            candidates.append(due)
+            break
+        return max(0.0, min(candidates) - now)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- viewers -------------------------------------------------------------------------
+
+    async def user_facts(self, user_id: int) -> UserFacts:
+        """The access facts of a user, loaded with everyone else's in the next tick."""
+        cached = self._facts.get(user_id)
+        if cached is not None and self._fresh_facts(cached[1]):
+            return cached[0]
+        waiter: asyncio.Future[UserFacts] = asyncio.get_running_loop().create_future()
+        self._fact_waiters.setdefault(user_id, []).append(waiter)
+        self.wake()
+        try:
+            async with asyncio.timeout(FACTS_TIMEOUT):
+                return await waiter
+        finally:
+            waiters = self._fact_waiters.get(user_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._fact_waiters[user_id]
+
+    def subscribe(self, viewer: Viewer, channel: Channel) -> None:
+        watch = self.watches.get(channel)
+        if watch is None:
+            watch = self.watches[channel] = Watch(channel, channel.name)
+            self.stats.channels[channel.kind] += 1
+        if viewer in watch.subs:
+            return  # subscribing twice is a no-op: the first subscription stands
+        sub = Subscription(viewer)
+        watch.subs[viewer] = sub
+        watch.active += 1
+        self.stats.subscriptions[channel.kind] += 1
+        self._pending.setdefault(channel, []).append(sub)
+        if self._fresh(watch) and self._known_user(viewer.user_id):
+            self._answer_pending(watch)  # a live channel: the last state, with no read
+        else:
+            self._attention.add(channel)
+            self.wake()
+
+    def unsubscribe(self, viewer: Viewer, channel: Channel) -> bool:
+        watch = self.watches.get(channel)
+        if watch is None or viewer not in watch.subs:
+            return False
+        self._remove(watch, viewer)
+        return True
+
+    def pause(self, viewer: Viewer, channel: Channel) -> None:
+        sub = self._sub(viewer, channel)
+        if sub is not None and not sub.paused:
+            sub.paused = True
+            self.watches[channel].active -= 1
+
+    def resume(self, viewer: Viewer, channel: Channel) -> None:
+        sub = self._sub(viewer, channel)
+        if sub is None or not sub.paused:
+            return
+        sub.paused = False
+        watch = self.watches[channel]
+        watch.active += 1
+        if not sub.accepted:
+            return
+        if self._fresh(watch):
+            self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
+        else:
+            self._forced.add(channel)  # dormant while everyone was paused: read it now
+            self.wake()
+
+    def drop_viewer(self, viewer: Viewer, channels: Iterable[Channel]) -> None:
+        for channel in list(channels):
+            watch = self.watches.get(channel)
+            if watch is not None and viewer in watch.subs:
+                self._remove(watch, viewer)
+
+    def wake_channels(self, channels: Iterable[Channel]) -> None:
+        """Read these channels at once (a change notification): still one query per kind."""
+        woken = False
+        for channel in channels:
+            if channel in self.watches:
+                self._forced.add(channel)
+                woken = True
+        if woken:
+            self.wake()
+
+    def recheck_now(self) -> None:
+        """Re-check every subscription's access at the next tick (an access change)."""
+        self._next_recheck = self.clock.monotonic()
+        self.wake()
+
+    # -- the tick ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Do everything due now: load access facts, read due channels, push, end, re-check."""
+        now = self.clock.monotonic()
+        to_read = self._due_watches(now)
+        recheck = now >= self._next_recheck
+        users = set(self._fact_waiters)
+        for waiting in self._pending.values():
+            users.update(sub.viewer.user_id for sub in waiting)
+        users = {user_id for user_id in users if not self._known_user(user_id)}
+        if recheck:
+            users |= {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+
+        by_kind: dict[Kind, list[Watch]] = {}
+        for watch in to_read:
+            by_kind.setdefault(watch.channel.kind, []).append(watch)
+        access_job = self._load_access(sorted(users), now) if users else None
+        jobs = [self._read(kind, watches) for kind, watches in by_kind.items()]
+        if access_job is not None:
+            jobs.insert(0, access_job)
+        access_ok = True
+        if jobs:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for index, result in enumerate(results):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    log.warning("database read failed: %s", result)
+                    if index == 0 and access_job is not None:
+                        access_ok = False
+            self.healthy = not any(isinstance(r, BaseException) for r in results)
+        if recheck and access_ok:
+            self._next_recheck = self.clock.monotonic() + self.recheck_interval
+            self._recheck_all()
+            self._prune_facts()
+        for channel in list(self._pending):
+            pending_watch = self.watches.get(channel)
+            if pending_watch is None:
+                del self._pending[channel]
+            elif pending_watch.read_at is not None:
+                self._answer_pending(pending_watch)
+
+    def _due_watches(self, now: float) -> list[Watch]:
+        scheduled: set[Channel] = set()
+        while self._heap and self._heap[0][0] <= now:
+            when, _, channel = heapq.heappop(self._heap)
+            watch = self.watches.get(channel)
+            if watch is not None and watch.next_due == when:
+                self.stats.observe_lag(now - when)
+                scheduled.add(channel)
+        forced = scheduled | self._forced
+        candidates = forced | self._attention
+        self._forced = set()
+        self._attention = set()
+        wanted = []
+        for channel in candidates:
+            watch = self.watches.get(channel)
+            if watch is None:
+                continue
+            if watch.active == 0 and channel not in self._pending:
+                continue  # everyone paused: no reads on their behalf; resume reads at once
+            if channel not in forced and self._fresh(watch):
+                continue  # a newcomer to a live channel is served from memory
+            wanted.append(watch)
+        return wanted
+
+    async def _load_access(self, user_ids: list[int], now: float) -> None:
+        self.stats.access_loads += 1
+        snapshot: AccessSnapshot = await self.storage.read_access(user_ids)
+        self._capabilities = snapshot.capabilities
+        for user_id, facts in snapshot.users.items():
+            self._facts[user_id] = (facts, now)
+            for waiter in self._fact_waiters.pop(user_id, []):
+                if not waiter.done():
+                    waiter.set_result(facts)
+
+    async def _read(self, kind: Kind, watches: list[Watch]) -> None:
+        ids = [w.channel.id for w in watches]
+        self.stats.reads[kind] += 1
+        self.stats.channel_reads[kind] += len(ids)
+        try:
+            if kind is Kind.RUN:
+                runs = await self.storage.read_runs(ids)
+                self._apply(watches, runs, self._apply_run)
+            elif kind is Kind.REVIEW_PACK:
+                cards = await self.storage.read_pack_cards(ids)
+                self._apply(watches, cards, self._apply_card)
+            else:
+                since = self.clock.now() - timedelta(seconds=rules.WALL_RECENT_SECONDS)
+                walls = await self.storage.read_walls(ids, since, self.wall_max_runs)
+                self._apply(watches, walls, self._apply_wall)
+        except Exception:
+            self.stats.read_errors += 1
+            now = self.clock.monotonic()
+            for watch in watches:
+                # Retry soon, backing off while the database stays away.
+                watch.retry_delay = min(10.0, max(1.0, watch.retry_delay * 2))
+                self._schedule(watch, now + watch.retry_delay)
+            raise
+
+    def _apply(self, watches: list[Watch], found: Mapping[int, Any], apply: Any) -> None:
+        now = self.clock.monotonic()
+        for watch in watches:
+            if self.watches.get(watch.channel) is not watch:
+                continue  # everyone left while the query ran
+            watch.retry_delay = 0.0
+            value = found.get(watch.channel.id)
+            if value is None:
+                self._missing(watch)
+                continue
+            interval = apply(watch, value)
+            watch.existed = True
+            base = watch.next_due if watch.next_due is not None else now
+            if now - base >= self.grid or base > now:
+                base = now
+            watch.read_at = now
+            watch.interval = interval
+            if interval is None:
+                watch.final = True
+                watch.next_due = None
+                self._finish(watch)
+            else:
+                self._schedule(watch, self._on_grid(base + interval))
+                self._push_all(watch)
+
+    def _apply_run(self, watch: Watch, row: Row) -> int | None:
+        interval = views.run_interval(row, self.clock.now())
+        watch.scope = views.run_scope(row)
+        self._set_state(watch, protocol.encode(views.run_data(row)), interval)
+        return interval
+
+    def _apply_card(self, watch: Watch, row: Row) -> int | None:
+        pack = row if row["id"] is not None else None
+        interval = views.pack_interval(pack)
+        watch.scope = views.tenant_scope(row)
+        self._set_state(watch, protocol.encode(views.pack_data(row["tenant_id"], pack)), interval)
+        return interval
+
+    def _apply_wall(self, watch: Watch, rows: list[Row]) -> int | None:
+        now = self.clock.now()
+        ordered = views.wall_rows(rows)
+        watch.wall_runs = [
+            (views.run_scope(row), protocol.encode(views.run_data(row))) for row in ordered
+        ]
+        watch.wall_frames = {}
+        interval = views.wall_interval(ordered, now)
+        watch.interval = interval
+        return interval  # a wall never ends
+
+    def _set_state(self, watch: Watch, data_json: str, interval: int | None) -> None:
+        digest = _digest(data_json)
+        if digest != watch.digest or interval != watch.interval:
+            watch.digest = digest
+            watch.frame = protocol.state_frame(watch.name, data_json, interval)
+
+    def _frame_for(self, watch: Watch, user_id: int) -> tuple[bytes, str] | None:
+        if watch.channel.kind is not Kind.WALL:
+            if watch.digest is None or watch.frame is None:
+                return None
+            return watch.digest, watch.frame
+        cached = watch.wall_frames.get(user_id)
+        if cached is not None:
+            return cached
+        facts = self._facts_or_none(user_id)
+        if facts is None:
+            return None
+        visible = [
+            run_json
+            for scope, run_json in watch.wall_runs
+            if access.visible_on_wall(facts, self._capabilities, scope)
+        ]
+        data_json = f'{{"workspace_id":{watch.channel.id},"runs":[{",".join(visible)}]}}'
+        rendered = (_digest(data_json), protocol.state_frame(watch.name, data_json, watch.interval))
+        watch.wall_frames[user_id] = rendered
+        return rendered
+
+    # -- pushing -------------------------------------------------------------------------
+
+    def _push_to(self, watch: Watch, sub: Subscription, rendered: tuple[bytes, str] | None) -> None:
+        if rendered is None:
+            return
+        digest, frame = rendered
+        if digest == sub.last_hash:
+            return  # only changes travel
+        sub.last_hash = digest
+        if sub.viewer.outbox.put_state(watch.name, frame):
+            self.stats.states_replaced += 1
+        self.stats.states_pushed[watch.channel.kind] += 1
+
+    def _push_all(self, watch: Watch) -> None:
+        for viewer, sub in watch.subs.items():
+            if sub.accepted and not sub.paused:
+                self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
+
+    def _finish(self, watch: Watch) -> None:
+        """A terminal state: the final state to every viewer (paused ones too), then `end`."""
+        for viewer, sub in list(watch.subs.items()):
+            if sub.accepted:
+                self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
+                self._end(watch, viewer, "terminal")
+
+    def _missing(self, watch: Watch) -> None:
+        """Not in the database: `gone` for those who saw it, `not_found` for newcomers."""
+        for viewer, sub in list(watch.subs.items()):
+            if sub.accepted:
+                self._end(watch, viewer, "gone")
+        watch.existed = False
+        watch.read_at = self.clock.monotonic()
+        watch.scope = None
+        for sub in self._pending.pop(watch.channel, []):
+            self._refuse(watch, sub, "not_found")
+        self._drop_if_empty(watch)
+
+    def _end(self, watch: Watch, viewer: Viewer, reason: protocol.EndReason) -> None:
+        viewer.outbox.put(protocol.end_frame(watch.name, reason))
+        self.stats.ends[reason] += 1
+        self._remove(watch, viewer)
+        viewer.subscription_closed(watch.name, ended=True)
+
+    def _refuse(self, watch: Watch, sub: Subscription, code: Decision) -> None:
+        assert code != "allowed"
+        message = "no such channel" if code == "not_found" else "not allowed to watch this"
+        sub.viewer.outbox.put(protocol.error_frame(watch.name, code, message))
+        self.stats.errors[code] += 1
+        self._remove(watch, sub.viewer)
+        sub.viewer.subscription_closed(watch.name, ended=False)
+
+    def _remove(self, watch: Watch, viewer: Viewer) -> None:
+        sub = watch.subs.pop(viewer, None)
+        if sub is None:
+            return
+        if not sub.paused:
+            watch.active -= 1
+        self.stats.subscriptions[watch.channel.kind] -= 1
+        pending = self._pending.get(watch.channel)
+        if pending and sub in pending:
+            pending.remove(sub)
+            if not pending:
+                del self._pending[watch.channel]
+        self._drop_if_empty(watch)
+
+    def _drop_if_empty(self, watch: Watch) -> None:
+        if not watch.subs and self.watches.get(watch.channel) is watch:
+            del self.watches[watch.channel]
+            self._pending.pop(watch.channel, None)
+            self.stats.channels[watch.channel.kind] -= 1
+
+    # -- access --------------------------------------------------------------------------
+
+    def _decide(self, watch: Watch, facts: UserFacts) -> Decision:
+        caps = self._capabilities
+        kind = watch.channel.kind
+        if not facts.exists:
+            return "not_found"
+        if kind is Kind.RUN:
+            scope = watch.scope if isinstance(watch.scope, RunScope) else None
+            return access.decide_run(facts, caps, scope if watch.existed else None)
+        if kind is Kind.REVIEW_PACK:
+            tenant = watch.scope if isinstance(watch.scope, TenantScope) else None
+            return access.decide_review_pack(facts, caps, tenant if watch.existed else None)
+        return access.decide_wall(facts, caps, watch.channel.id, watch.existed)
+
+    def _answer_pending(self, watch: Watch) -> None:
+        """Accept or refuse the subscriptions waiting on this watch, where facts allow."""
+        waiting = self._pending.get(watch.channel, [])
+        still: list[Subscription] = []
+        for sub in list(waiting):
+            facts = self._facts_or_none(sub.viewer.user_id)
+            if facts is None:
+                still.append(sub)
+                continue
+            decision = self._decide(watch, facts)
+            if decision != "allowed":
+                self._refuse(watch, sub, decision)
+                continue
+            sub.accepted = True
+            self._push_to(watch, sub, self._frame_for(watch, sub.viewer.user_id))
+            if watch.final:
+                self._end(watch, sub.viewer, "terminal")
+        if still:
+            self._pending[watch.channel] = still
+            self._attention.add(watch.channel)
+        else:
+            self._pending.pop(watch.channel, None)
+        if watch.final:
+            self._drop_if_empty(watch)
+
+    def _recheck_all(self) -> None:
+        for watch in list(self.watches.values()):
+            if watch.read_at is None:
+                continue
+            watch.wall_frames = {}  # visibility on a wall may have changed too
+            decisions: dict[int, Decision] = {}
+            for viewer, sub in list(watch.subs.items()):
+                if not sub.accepted:
+                    continue
+                user_id = viewer.user_id
+                if user_id not in decisions:
+                    facts = self._facts_or_none(user_id)
+                    decisions[user_id] = "allowed" if facts is None else self._decide(watch, facts)
+                if decisions[user_id] != "allowed":
+                    self._end(watch, viewer, "revoked")
+                elif watch.channel.kind is Kind.WALL and not sub.paused:
+                    self._push_to(watch, sub, self._frame_for(watch, user_id))
+
+    def _prune_facts(self) -> None:
+        """Forget users who watch nothing, so the cache does not grow without bound."""
+        watching = {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+        for user_id, (_, loaded_at) in list(self._facts.items()):
+            if user_id not in watching and not self._fresh_facts(loaded_at):
+                del self._facts[user_id]
+
+    def _facts_or_none(self, user_id: int) -> UserFacts | None:
+        cached = self._facts.get(user_id)
+        return None if cached is None else cached[0]
+
+    def _known_user(self, user_id: int) -> bool:
+        cached = self._facts.get(user_id)
+        return cached is not None and self._fresh_facts(cached[1])
+
+    def _fresh_facts(self, loaded_at: float) -> bool:
+        return self.clock.monotonic() - loaded_at < self.recheck_interval
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _fresh(self, watch: Watch) -> bool:
+        """Read recently enough that a newcomer may be served from memory."""
+        if watch.read_at is None:
+            return False
+        if watch.final:
+            return True
+        return watch.next_due is not None and watch.next_due > self.clock.monotonic()
+
+    def _on_grid(self, when: float) -> float:
+        """Round up onto a shared grid, so channels due about together are read together."""
+        return math.ceil(when / self.grid - 1e-9) * self.grid
+
+    def _schedule(self, watch: Watch, when: float) -> None:
+        watch.next_due = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, watch.channel))
+
+    def _sub(self, viewer: Viewer, channel: Channel) -> Subscription | None:
+        watch = self.watches.get(channel)
+        return None if watch is None else watch.subs.get(viewer)

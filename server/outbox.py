@@ -1,0 +1,68 @@
+"""A viewer's bounded queue of frames waiting to be sent.
+
+The engine never waits for a socket: it drops frames into the outbox and moves on. States
+are coalesced per channel (a newer state replaces an older one still waiting, keeping its
+place in line), so a slow viewer costs at most one pending state per subscription; other
+frames (errors, ends) are few and bounded, and overflowing them marks the viewer as unable
+to keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Final
+
+_CLOSE: Final = "close"
+
+
+class Outbox:
+    __slots__ = ("_close_code", "_control", "_items", "_limit", "_seq", "overflowed", "ready")
+
+    def __init__(self, control_limit: int) -> None:
+        self._items: OrderedDict[tuple[str, object], str] = OrderedDict()
+        self._control = 0  # non-state frames waiting
+        self._limit = control_limit
+        self._seq = 0
+        self._close_code: int | None = None
+        self.overflowed = False
+        self.ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_state(self, ch: str, frame: str) -> bool:
+        """Queue a state; returns True when it replaced an older one that was never sent."""
+        key = ("state", ch)
+        replaced = key in self._items
+        self._items[key] = frame
+        self.ready.set()
+        return replaced
+
+    def put(self, frame: str) -> None:
+        if self._control >= self._limit:
+            self.overflowed = True
+            self.ready.set()
+            return
+        self._seq += 1
+        self._control += 1
+        self._items[("frame", self._seq)] = frame
+        self.ready.set()
+
+    def close_after_flush(self, code: int) -> None:
+        """Close the socket once everything queued so far is sent."""
+        self._close_code = code
+        self.ready.set()
+
+    def cancel_close(self) -> None:
+        self._close_code = None
+
+    def pop(self) -> str | int | None:
+        """The next frame, or the close code once drained, or None when there is nothing."""
+        if self._items:
+            key, frame = self._items.popitem(last=False)
+            if key[0] == "frame":
+                self._control -= 1
+            return frame
+        self.ready.clear()
+        return self._close_code

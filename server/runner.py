@@ -1,0 +1,30 @@
+"""How opspush runs under uvicorn: one place, used by the CLI and by the tests alike."""
+
+from __future__ import annotations
+
+import uvicorn
+from starlette.applications import Starlette
+
+from .config import Settings
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # The websockets library's Sans-I/O core: no task per connection, backpressure on
+        # send, pings, and the frame size limit (larger frames close with 1009).
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        # Compression costs ~30 KB per socket and the frames are small: off.
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_interval or None,
+        lifespan="on",
+        log_level=settings.log_level,
+        proxy_headers=settings.trust_proxy,
+        forwarded_allow_ips="*" if settings.trust_proxy else None,
+        timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
+        access_log=False,
+    )

@@ -1,0 +1,154 @@
+"""The running service: owns the pool, the engine and the open sessions, and ends them.
+
+Created by the application's lifespan (see app.py); nothing here is a module global, so
+tests can run several services side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import asyncpg
+from starlette.websockets import WebSocket
+
+from . import protocol
+from .clock import Clock
+from .config import Settings
+from .engine import Engine
+from .stats import EngineStats
+from .storage import Storage, create_pool
+
+if TYPE_CHECKING:
+    from .websocket import Session
+
+log = logging.getLogger("opspush.service")
+
+
+class Service:
+    def __init__(self, settings: Settings, dsn: str, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.clock = clock
+        self.stats = EngineStats()
+        self.sessions: set[Session] = set()
+        self.per_user: Counter[int] = Counter()
+        self.per_address: Counter[str] = Counter()
+        self.draining = False
+        self._pool: asyncpg.Pool | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "service not started"
+        return self._engine
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "service not started"
+        return self._pool
+
+    @property
+    def storage(self) -> Storage:
+        return self.engine.storage
+
+    async def start(self, *, run_engine: bool = True) -> None:
+        self._pool = await create_pool(self.dsn, self.settings.pool_size)
+        self._engine = Engine(
+            Storage(self._pool),
+            clock=self.clock,
+            recheck_interval=self.settings.recheck_interval,
+            wall_max_runs=self.settings.wall_max_runs,
+            stats=self.stats,
+        )
+        if run_engine:
+            self._engine.start()
+
+    async def stop(self) -> None:
+        """Close every socket with 1012, wait a bounded drain, then the engine and the pool."""
+        self.draining = True
+        if self.sessions:
+            await self.close_all(protocol.CLOSE_RESTARTING)
+        if self._engine is not None:
+            await self._engine.stop()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                async with asyncio.timeout(5.0):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+
+    async def close_all(self, code: int) -> None:
+        from .websocket import close_quietly
+
+        sessions = list(self.sessions)
+        closing = [close_quietly(session.websocket, code) for session in sessions]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_seconds):
+                await asyncio.gather(*closing)
+
+    async def ready(self) -> bool:
+        if self._pool is None:
+            return False
+        try:
+            await self.storage.ping()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        return True
+
+    # -- admission -----------------------------------------------------------------------
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Exact match against the allowed list; with no list, same origin only.
+
+        Non-browser clients send no Origin and are let through: the token is their guard.
+        """
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        if self.settings.allowed_origins:
+            return origin in self.settings.allowed_origins
+        return host is not None and origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+
+    def client_address(self, websocket: WebSocket) -> str:
+        if self.settings.trust_proxy:
+            forwarded = websocket.headers.get("x-forwarded-for")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        return websocket.client.host if websocket.client else "unknown"
+
+    @contextlib.contextmanager
+    def track_address(self, address: str) -> Iterator[bool]:
+        limit = self.settings.max_connections_per_address
+        admitted = not limit or self.per_address[address] < limit
+        if admitted:
+            self.per_address[address] += 1
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                self.per_address[address] -= 1
+                if not self.per_address[address]:
+                    del self.per_address[address]
+
+    @contextlib.contextmanager
+    def track_session(self, session: Session) -> Iterator[bool]:
+        limit = self.settings.max_connections_per_user
+        user_id = session.user_id
+        admitted = not limit or self.per_user[user_id] < limit
+        if admitted:
+            self.per_user[user_id] += 1
+            self.sessions.add(session)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                self.sessions.discard(session)
+                self.per_user[user_id] -= 1
+                if not self.per_user[user_id]:
+                    del self.per_user[user_id]

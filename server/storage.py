@@ -1,0 +1,169 @@
+"""PostgreSQL access: the pool and the batched reads of the hot path.
+
+Every method here is exactly one SQL statement, whatever the number of ids it is given:
+that is what keeps database load flat as viewers grow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from .access import CapabilityTable, UserFacts
+
+Row = asyncpg.Record
+
+_RUN_COLUMNS = """
+    r.id, r.workspace_id, r.tenant_id, r.type, r.status, r.outcome, r.summary_counts,
+    r.failure_summary, r.created_at, r.started_at, r.completed_at
+"""
+
+READ_RUNS = f"SELECT {_RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::bigint[])"
+
+# The tenant row (for scope) with its latest pack, if any.
+READ_PACK_CARDS = """
+SELECT t.id AS tenant_id, t.workspace_id, p.id, p.status, p.generated_at, p.expires_at,
+       p.file_size, p.sha256, p.summary, p.created_at
+FROM tenants t
+LEFT JOIN LATERAL (
+    SELECT * FROM review_packs rp
+    WHERE rp.tenant_id = t.id
+    ORDER BY rp.created_at DESC, rp.id DESC
+    LIMIT 1
+) p ON true
+WHERE t.id = ANY($1::bigint[])
+"""
+
+# One row per run on a wall, plus one row with a NULL run id per existing workspace, so that
+# an empty wall is told apart from a missing workspace. Active runs, and runs completed
+# since $2; at most $3 of each kind per workspace.
+READ_WALLS = f"""
+SELECT w.id AS wall_id, r.*
+FROM workspaces w
+LEFT JOIN LATERAL (
+    (SELECT {_RUN_COLUMNS} FROM operation_runs r
+     WHERE r.workspace_id = w.id AND r.status IN ('queued', 'running')
+     ORDER BY r.created_at DESC LIMIT $3)
+    UNION ALL
+    (SELECT {_RUN_COLUMNS} FROM operation_runs r
+     WHERE r.workspace_id = w.id AND r.completed_at >= $2
+       AND r.status NOT IN ('queued', 'running')
+     ORDER BY r.completed_at DESC LIMIT $3)
+) r ON true
+WHERE w.id = ANY($1::bigint[])
+"""
+
+# Everything access decisions need for a set of users, in one statement: which users exist,
+# their memberships and entitlements, and the two capability tables (small, read whole).
+READ_ACCESS = """
+SELECT 'u' AS tag, u.id AS user_id, NULL::bigint AS ref, NULL AS a, NULL AS b
+  FROM users u WHERE u.id = ANY($1::bigint[])
+UNION ALL
+SELECT 'm', m.user_id, m.workspace_id, m.role, NULL
+  FROM workspace_memberships m WHERE m.user_id = ANY($1::bigint[])
+UNION ALL
+SELECT 'e', e.user_id, e.tenant_id, NULL, NULL
+  FROM tenant_entitlements e WHERE e.user_id = ANY($1::bigint[])
+UNION ALL
+SELECT 'r', NULL, NULL, rc.role, rc.capability FROM role_capabilities rc
+UNION ALL
+SELECT 't', NULL, NULL, tc.type, tc.capability FROM operation_type_capabilities tc
+"""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        init=_init_connection,
+        command_timeout=30,
+        # The hot statements are few and fixed: prepared once per connection.
+        statement_cache_size=64,
+    )
+    assert pool is not None
+    return pool
+
+
+@dataclass(frozen=True)
+class AccessSnapshot:
+    users: dict[int, UserFacts]
+    capabilities: CapabilityTable
+
+
+class Storage:
+    """The reads of the push service. Owns nothing: the pool's owner closes it."""
+
+    def __init__(self, pool: asyncpg.Pool, query_timeout: float = 10.0) -> None:
+        self.pool = pool
+        self.query_timeout = query_timeout
+
+    async def read_runs(self, run_ids: Sequence[int]) -> dict[int, Row]:
+        rows = await self.pool.fetch(READ_RUNS, list(run_ids), timeout=self.query_timeout)
+        return {row["id"]: row for row in rows}
+
+    async def read_pack_cards(self, tenant_ids: Sequence[int]) -> dict[int, Row]:
+        """Tenant id -> a row with the tenant's scope and its latest pack (`id` NULL if none)."""
+        rows = await self.pool.fetch(READ_PACK_CARDS, list(tenant_ids), timeout=self.query_timeout)
+        return {row["tenant_id"]: row for row in rows}
+
+    async def read_walls(
+        self, workspace_ids: Sequence[int], completed_since: datetime, limit: int
+    ) -> dict[int, list[Row]]:
+        """Workspace id -> its wall's runs; missing workspaces are absent from the result."""
+        rows = await self.pool.fetch(
+            READ_WALLS, list(workspace_ids), completed_since, limit, timeout=self.query_timeout
+        )
+        walls: dict[int, list[Row]] = {}
+        for row in rows:
+            runs = walls.setdefault(row["wall_id"], [])
+            if row["id"] is not None:
+                runs.append(row)
+        return walls
+
+    async def read_access(self, user_ids: Sequence[int]) -> AccessSnapshot:
+        rows = await self.pool.fetch(READ_ACCESS, list(user_ids), timeout=self.query_timeout)
+        existing: set[int] = set()
+        roles: dict[int, dict[int, str]] = {}
+        tenants: dict[int, set[int]] = {}
+        by_role: dict[str, set[str]] = {}
+        by_type: dict[str, set[str]] = {}
+        for tag, user_id, ref, a, b in rows:
+            if tag == "u":
+                existing.add(user_id)
+            elif tag == "m":
+                roles.setdefault(user_id, {})[ref] = a
+            elif tag == "e":
+                tenants.setdefault(user_id, set()).add(ref)
+            elif tag == "r":
+                by_role.setdefault(a, set()).add(b)
+            else:
+                by_type.setdefault(a, set()).add(b)
+        users = {
+            user_id: UserFacts(
+                user_id=user_id,
+                exists=user_id in existing,
+                roles=roles.get(user_id, {}),
+                tenants=frozenset(tenants.get(user_id, ())),
+            )
+            for user_id in user_ids
+        }
+        capabilities = CapabilityTable(
+            by_role={role: frozenset(caps) for role, caps in by_role.items()},
+            by_run_type={kind: frozenset(caps) for kind, caps in by_type.items()},
+        )
+        return AccessSnapshot(users, capabilities)
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1", timeout=2.0)

@@ -1,0 +1,222 @@
+"""Fixtures: a real PostgreSQL, a real uvicorn server on a free port, real WebSocket clients.
+
+Without DATABASE_URL the suite starts an embedded PostgreSQL (with pg_stat_statements);
+with it, the suite creates a throwaway database on that server. Either way every session
+gets its own freshly migrated database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from server.app import create_app
+from server.auth import mint_token
+from server.clock import Clock
+from server.config import Settings
+from server.engine import Engine
+from server.migrations import migrate
+from server.runner import uvicorn_config
+from server.service import Service
+from server.storage import create_pool
+from tests.factories import Factory
+
+SECRET = "opspush-test-secret-0123456789abcdef"
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The PostgreSQL server: DATABASE_URL's, or an embedded one for this session."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield {"dsn": url, "embedded": None}
+        return
+    from server import embedded
+
+    server = embedded.start(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    try:
+        yield {"dsn": server.dsn, "embedded": server}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
+    admin_dsn = postgres_server["dsn"]
+    name = f"opspush_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = with_database(admin_dsn, name)
+    await migrate(dsn)
+    try:
+        yield dsn
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_dsn, 4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def db(pool: asyncpg.Pool) -> Factory:
+    return Factory(pool)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_settings(**overrides: Any) -> Settings:
+    base = Settings(
+        secret=SECRET,
+        recheck_interval=0.5,  # revocations land fast in tests
+        hello_timeout=10.0,
+        log_level="warning",
+        drain_seconds=2.0,
+    )
+    return base.with_overrides(**overrides)
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    service: Service
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self) -> Engine:
+        return self.service.engine
+
+    def token(self, user_id: int, ttl: float = 3600) -> str:
+        return mint_token(user_id, self.settings.secret, ttl=ttl)
+
+    async def connect(self, user_id: int, **options: Any) -> Viewer:
+        """A raw `websockets` client that has said hello; the welcome frame is checked."""
+        connection = await websockets.connect(self.ws_url, max_size=2**24, **options)
+        viewer = Viewer(connection)
+        await viewer.send({"op": "hello", "token": self.token(user_id)})
+        welcome = await viewer.recv()
+        assert welcome["type"] == "welcome" and welcome["user_id"] == user_id, welcome
+        return viewer
+
+
+@dataclass
+class Viewer:
+    """A thin wrapper over a websockets connection speaking JSON frames."""
+
+    connection: ClientConnection
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.connection.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            frame: dict[str, Any] = json.loads(await self.connection.recv())
+            return frame
+
+    async def subscribe(self, ch: str) -> dict[str, Any]:
+        """Subscribe and return the first frame for it (a state or an error)."""
+        await self.send({"op": "subscribe", "ch": ch})
+        return await self.recv()
+
+    async def until(self, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """The first frame that satisfies predicate; others are skipped."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                if predicate(frame):
+                    return frame
+
+    async def closed(self, timeout: float = 10.0) -> int | None:
+        """Wait for the server to close the socket; frames meanwhile are dropped."""
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await self.connection.recv()
+        return self.connection.close_code
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    dsn: str, *, clock: Clock | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    settings = test_settings(**overrides)
+    app = create_app(settings, dsn, clock=clock)
+    sock = free_socket()
+    config = uvicorn_config(app, settings)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(15):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield RunningServer(settings, app.state.service, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+async def server(database_dsn: str) -> AsyncIterator[RunningServer]:
+    """One server for the tests that need no special settings."""
+    async with running_server(database_dsn) as running:
+        yield running
+
+
+@pytest.fixture
+async def viewers() -> AsyncIterator[list[Viewer]]:
+    """Collects viewers a test opens, and closes them whatever happens."""
+    opened: list[Viewer] = []
+    yield opened
+    for viewer in opened:
+        with contextlib.suppress(Exception):
+            await viewer.close()
