@@ -73,7 +73,13 @@ Command = Hello | Subscribe | Unsubscribe | Pause | Resume
 
 
 def _echo(ch: Any) -> str | None:
-    return ch if isinstance(ch, str) and len(ch) <= _MAX_ECHO else None
+    if not isinstance(ch, str) or len(ch) > _MAX_ECHO:
+        return None
+    try:
+        ch.encode("utf-8")  # JSON may carry lone surrogates ("\ud800"): not sendable text
+    except UnicodeEncodeError:
+        return None
+    return ch
 
 
 def _load_object(text: str) -> dict[str, Any]:
