@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import protocol
 from .auth import Identity, InvalidToken, verify_token
@@ -125,6 +125,8 @@ class Session:
             except TimeoutError:
                 log.info("closing a viewer that read nothing for %.0f s", timeout)
                 return protocol.CLOSE_TOO_MANY
+            except WebSocketDisconnect:
+                return None  # the peer left while a frame was on its way: not an error
 
     def _handle(self, command: protocol.Command) -> None:
         engine = self.service.engine
@@ -172,7 +174,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=protocol.CLOSE_RESTARTING)
         return
     address = service.client_address(websocket)
-    await websocket.accept()
+    try:
+        await websocket.accept()
+    except WebSocketDisconnect:
+        return  # the peer left during the handshake
     code: int | None = None
     with service.track_address(address) as admitted:
         if not admitted:
@@ -192,7 +197,12 @@ async def _serve(websocket: WebSocket, service: Service) -> int | None:
     with service.track_session(session) as admitted:
         if not admitted:
             return protocol.CLOSE_TOO_MANY
-        await websocket.send_text(protocol.welcome_frame(identity.user_id, identity.expires_at_iso))
+        try:
+            await websocket.send_text(
+                protocol.welcome_frame(identity.user_id, identity.expires_at_iso)
+            )
+        except WebSocketDisconnect:
+            return None  # the peer left before its welcome
         return await session.run()
 
 
