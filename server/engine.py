@@ -110,6 +110,7 @@ class Engine:
         self._fact_waiters: dict[int, list[asyncio.Future[UserFacts]]] = {}
         self._next_recheck = self.clock.monotonic() + recheck_interval
         self._wake = asyncio.Event()
+        self._tick_lock = asyncio.Lock()  # the loop's ticks and a test's ticks never overlap
         self._task: asyncio.Task[None] | None = None
         self.healthy = True  # the last tick's database work succeeded
 
@@ -252,6 +253,10 @@ class Engine:
 
     async def tick(self) -> None:
         """Do everything due now: load access facts, read due channels, push, end, re-check."""
+        async with self._tick_lock:
+            await self._tick()
+
+    async def _tick(self) -> None:
         now = self.clock.monotonic()
         to_read = self._due_watches(now)
         recheck = now >= self._next_recheck

@@ -1,0 +1,91 @@
+"""The command line: configuration errors are one clear line; tokens; migrations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from server.auth import verify_token
+from server.config import ConfigError, Settings
+from server.migrations import discover, migrate
+
+
+def opspush(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+SECRET = "a-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "OPSPUSH_SECRET is required"),
+        ({"OPSPUSH_SECRET": "short"}, "at least 32 characters"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_PORT": "eighty"}, "OPSPUSH_PORT must be a whole"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_PORT": "70000"}, "between 0 and 65535"),
+        ({"OPSPUSH_SECRET": SECRET, "DATABASE_URL": "mysql://x"}, "postgresql:// URL"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "*"}, "is not an origin"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "maybe"}, "must be 1 or 0"),
+    ],
+)
+def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], message: str) -> None:
+    result = opspush("serve", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("opspush: ")
+
+
+def test_token_mints_a_verifiable_token() -> None:
+    result = opspush("token", "--user", "7", "--ttl", "60", env={"OPSPUSH_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    identity = verify_token(result.stdout.strip(), SECRET)
+    assert identity.user_id == 7
+
+
+def test_migrate_needs_a_database_url() -> None:
+    result = opspush("migrate")
+    assert result.returncode == 2 and "DATABASE_URL" in result.stderr
+
+
+def test_settings_parse_origins_and_limits() -> None:
+    settings = Settings.from_env(
+        {
+            "OPSPUSH_SECRET": SECRET,
+            "OPSPUSH_ALLOWED_ORIGINS": "https://Console.example, http://localhost:8000/",
+            "OPSPUSH_MAX_SUBSCRIPTIONS": "5",
+            "OPSPUSH_MAX_CONNECTIONS_PER_USER": "0",
+        }
+    )
+    assert settings.allowed_origins == {"https://console.example", "http://localhost:8000"}
+    assert settings.max_subscriptions == 5 and settings.max_connections_per_user == 0
+    with pytest.raises(ConfigError):
+        Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_RECHECK_INTERVAL": "60"})
+
+
+async def test_migrate_is_idempotent_and_records_versions(database_dsn: str) -> None:
+    assert await migrate(database_dsn) == []  # the fixture applied everything already
+    connection = await asyncpg.connect(database_dsn)
+    try:
+        versions = [r["version"] for r in await connection.fetch(
+            "SELECT version FROM schema_migrations ORDER BY version"
+        )]  # fmt: skip
+        defaults = await connection.fetchval(
+            "SELECT count(*) FROM role_capabilities WHERE role IN ('operator', 'readonly')"
+        )
+    finally:
+        await connection.close()
+    assert versions == [m.version for m in discover()]
+    assert defaults >= 5
