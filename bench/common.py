@@ -1,0 +1,47 @@
+"""Small helpers shared by the harness and its child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+
+WRITER_MARK = "/* bench-writer */"  # ends every writer statement, so they can be excluded
+SECRET = "opspush-bench-secret-0123456789abcdef0123"
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE as far as allowed (root may raise the hard limit too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), max(hard, wanted)))
+        return wanted
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def pin(cpus: set[int] | None) -> None:
+    """Pin this process (and what it starts later) to these CPUs, where possible."""
+    if not cpus:
+        return
+    available = os.sched_getaffinity(0)
+    chosen = cpus & available
+    if chosen:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, chosen)
+
+
+def parse_cpus(text: str) -> set[int] | None:
+    text = text.strip()
+    if not text or text == "any":
+        return None
+    return {int(part) for part in text.split(",") if part.strip()}
+
+
+def use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
