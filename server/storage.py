@@ -82,12 +82,23 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query.
+
+    The default sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release: four statements per one-statement read, the most frequent statements of the
+    service. Pool connections here hold no session state (no locks, cursors, LISTEN or SET);
+    asyncpg still rolls back an unfinished transaction and drops listener callbacks.
+    """
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         # The hot statements are few and fixed: prepared once per connection.
         statement_cache_size=64,
