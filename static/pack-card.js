@@ -65,7 +65,10 @@ function renderPack(pack, status) {
   const info = PACK_STATUS[status];
   const statusBadge = badge(info.tone, info.label);
   if (!pack) {
-    return [statusBadge, h("p", { class: "muted", text: "No review pack has been generated for this tenant." })];
+    return [
+      statusBadge,
+      h("p", { class: "muted", text: "No review pack has been generated for this tenant." }),
+    ];
   }
   /** @type {HTMLElement[]} */
   const out = [statusBadge];
@@ -96,7 +99,8 @@ function renderFacts(pack, status) {
   const rows = [["Requested", timeEl(pack.created_at)]];
   if (status === "ready" || status === "expired") {
     rows.push(["Generated", timeEl(pack.generated_at)]);
-    rows.push([status === "expired" ? "Expired" : "Expires", timeEl(pack.expires_at)]);
+    const expires = timeEl(pack.expires_at, "—", { past: false });
+    rows.push([status === "expired" ? "Expired" : "Expires", expires]);
     rows.push(["Size", fmtBytes(pack.file_size)]);
   }
   if (status === "ready" && pack.sha256) {
@@ -117,7 +121,7 @@ function renderSummary(summary) {
   if (entries.length === 0) return null;
   return h(
     "details",
-    { class: "pack-summary" },
+    { class: "pack-summary", open: true },
     h("summary", { text: "Summary" }),
     h(
       "dl",

@@ -1,16 +1,6 @@
 // run-viewer.js: the operation run viewer, embeddable in any page that has an OpsPush client.
 
-import {
-  RUN_STATUS,
-  announce,
-  badge,
-  fmtNumber,
-  h,
-  isActive,
-  progressBar,
-  runStatus,
-  timeEl,
-} from "./ui.js";
+import { RUN_STATUS, announce, badge, fmtNumber, h, isActive, progressBar, runStatus, timeEl } from "./ui.js";
 
 /** @typedef {import("./opspush.js").OpsPush} OpsPush */
 
@@ -83,19 +73,39 @@ function renderRun(run) {
   const header = h(
     "header",
     { class: "run-header" },
-    h("h1", {}, h("span", { text: `Run #${run.id}` }), " ", h("span", { class: "run-type", text: run.type ?? "" })),
+    h(
+      "h1",
+      {},
+      h("span", { text: `Run #${run.id}` }),
+      " ",
+      h("span", { class: "run-type", text: run.type ?? "" }),
+    ),
     statusBadge,
   );
 
   const progress = isActive(status)
-    ? h("section", { class: "run-progress", "aria-label": "Progress" }, progressBar(run.progress, `Run ${run.id} progress`, counts))
+    ? h(
+        "section",
+        { class: "run-progress", "aria-label": "Progress" },
+        progressBar(
+          run.progress,
+          `Run ${run.id} progress`,
+          counts,
+          status === "queued" ? "Waiting to start" : "In progress",
+        ),
+      )
     : null;
 
   const facts = h(
     "dl",
     { class: "facts" },
     ...fact("Type", h("code", { text: run.type ?? "—" })),
-    ...fact("Tenant", run.tenant_id == null ? h("span", { class: "muted", text: "Workspace only" }) : `Tenant ${run.tenant_id}`),
+    ...fact(
+      "Tenant",
+      run.tenant_id == null
+        ? h("span", { class: "muted", text: "Workspace only" })
+        : `Tenant ${run.tenant_id}`,
+    ),
     ...fact("Workspace", `Workspace ${run.workspace_id}`),
     ...fact("Outcome", h("code", { text: run.outcome ?? "—" })),
     ...fact("Created", timeEl(run.created_at)),
@@ -111,7 +121,12 @@ function renderRun(run) {
       "dl",
       { class: "counter-grid" },
       ...COUNTERS.map(([key, label]) =>
-        h("div", { class: `counter counter-${key}` }, h("dt", { text: label }), h("dd", { text: fmtNumber(counts[key]) })),
+        h(
+          "div",
+          { class: `counter counter-${key}` },
+          h("dt", { text: label }),
+          h("dd", { text: fmtNumber(counts[key]) }),
+        ),
       ),
     ),
   );
@@ -145,7 +160,9 @@ function renderFailures(failures) {
               {},
               h("code", { class: "failure-code", text: f?.code ?? "error" }),
               h("span", { class: "failure-message", text: f?.message ?? "" }),
-              typeof f?.count === "number" ? h("span", { class: "failure-count", text: `×${fmtNumber(f.count)}` }) : null,
+              typeof f?.count === "number"
+                ? h("span", { class: "failure-count", text: `×${fmtNumber(f.count)}` })
+                : null,
             ),
           ),
         ),

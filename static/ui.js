@@ -108,6 +108,8 @@ export function badge(tone, label) {
 
 const exactFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const relativeFormat = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+/** Clock differences between browser and server tolerated for past times, in seconds. */
+const CLOCK_SKEW_S = 300;
 const UNITS = /** @type {const} */ ([
   ["year", 365 * 24 * 3600],
   ["month", 30 * 24 * 3600],
@@ -119,12 +121,15 @@ const UNITS = /** @type {const} */ ([
 ]);
 
 /**
- * "3 minutes ago", "in 2 days", "now".
+ * "3 minutes ago", "in 2 days", "just now". With `past`, a time slightly in the future (the
+ * browser's clock lagging the server's) reads "just now" instead of "in 9 seconds".
  * @param {Date} date
  * @param {number} [now=Date.now()]
+ * @param {boolean} [past=false] the time is known to be in the past (created, completed...)
  */
-export function relativeTime(date, now = Date.now()) {
-  const seconds = Math.round((date.getTime() - now) / 1000);
+export function relativeTime(date, now = Date.now(), past = false) {
+  let seconds = Math.round((date.getTime() - now) / 1000);
+  if (past && seconds > 0 && seconds < CLOCK_SKEW_S) seconds = 0;
   if (Math.abs(seconds) < 5) return "just now";
   for (const [unit, size] of UNITS) {
     if (Math.abs(seconds) >= size || unit === "second") {
@@ -146,16 +151,17 @@ export function parseTime(iso) {
  * It is refreshed by `startRelativeClock()`. Returns a dash for a missing time.
  * @param {string | null | undefined} iso
  * @param {string} [missing="—"]
+ * @param {{past?: boolean}} [options] `past`: the time cannot be in the future
  * @returns {HTMLElement}
  */
-export function timeEl(iso, missing = "—") {
+export function timeEl(iso, missing = "—", { past = true } = {}) {
   const date = parseTime(iso);
   if (!date) return h("span", { class: "muted", text: missing });
   return h("time", {
     datetime: date.toISOString(),
     title: exactFormat.format(date),
-    "data-relative": "",
-    text: relativeTime(date),
+    "data-relative": past ? "past" : "",
+    text: relativeTime(date, Date.now(), past),
   });
 }
 
@@ -164,7 +170,7 @@ export function refreshRelativeTimes(root = document) {
   const now = Date.now();
   for (const el of root.querySelectorAll("time[data-relative]")) {
     const date = parseTime(el.getAttribute("datetime"));
-    if (date) el.textContent = relativeTime(date, now);
+    if (date) el.textContent = relativeTime(date, now, el.getAttribute("data-relative") === "past");
   }
 }
 
@@ -205,8 +211,9 @@ export function fmtBytes(bytes) {
  * @param {number | null | undefined} progress 0..1
  * @param {string} label
  * @param {{processed?: number, total?: number}} [counts] shown next to the percentage
+ * @param {string} [unknownText="In progress"] shown when the progress is unknown
  */
-export function progressBar(progress, label, counts = {}) {
+export function progressBar(progress, label, counts = {}, unknownText = "In progress") {
   const known = typeof progress === "number" && Number.isFinite(progress);
   const pct = known ? Math.round(Math.min(1, Math.max(0, progress)) * 100) : null;
   const bar = h("progress", { max: 100, "aria-label": label, value: pct });
@@ -221,7 +228,7 @@ export function progressBar(progress, label, counts = {}) {
           (typeof counts.total === "number"
             ? ` · ${fmtNumber(counts.processed)} of ${fmtNumber(counts.total)}`
             : "")
-        : "In progress",
+        : unknownText,
     }),
   );
 }
@@ -246,7 +253,9 @@ export function showConnection(el, state, label) {
   el.textContent = "";
   el.append(
     h("span", { class: "dot", "aria-hidden": "true" }),
-    h("span", { text: label ?? CONNECTION_LABEL[/** @type {keyof typeof CONNECTION_LABEL} */ (state)] ?? state }),
+    h("span", {
+      text: label ?? CONNECTION_LABEL[/** @type {keyof typeof CONNECTION_LABEL} */ (state)] ?? state,
+    }),
   );
 }
 

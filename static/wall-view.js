@@ -27,7 +27,8 @@ const ERROR_MESSAGES = {
 /**
  * Mount the wall's run lists into `root` and subscribe to `operations:<workspaceId>`.
  * Active runs come first with their progress, then runs finished in the last 15 minutes.
- * Each run row carries `data-run-id`; its status badge carries `data-status`.
+ * Each run row carries `data-run-id`; its status badge carries `data-status`; the two lists
+ * carry `data-list="active"` and `data-list="recent"`.
  * @param {HTMLElement} root
  * @param {{client: OpsPush, workspaceId: string | number}} options
  * @returns {{destroy: () => void}}
@@ -35,14 +36,32 @@ const ERROR_MESSAGES = {
 export function mountWall(root, { client, workspaceId }) {
   const activeCount = h("span", { class: "count" });
   const recentCount = h("span", { class: "count" });
-  const activeList = h("ol", { class: "wall-list", "aria-labelledby": "wall-active-h" });
-  const recentList = h("ol", { class: "wall-list", "aria-labelledby": "wall-recent-h" });
+  const activeList = h("ol", {
+    class: "wall-list",
+    "aria-labelledby": "wall-active-h",
+    "data-list": "active",
+  });
+  const recentList = h("ol", {
+    class: "wall-list",
+    "aria-labelledby": "wall-recent-h",
+    "data-list": "recent",
+  });
   const notice = h("div", { class: "wall-notice" });
   const live = h("p", { class: "sr-only", role: "status", "aria-live": "polite" });
   root.replaceChildren(
     notice,
-    h("section", { class: "wall-section" }, h("h2", { id: "wall-active-h" }, "Active ", activeCount), activeList),
-    h("section", { class: "wall-section" }, h("h2", { id: "wall-recent-h" }, "Finished in the last 15 minutes ", recentCount), recentList),
+    h(
+      "section",
+      { class: "wall-section" },
+      h("h2", { id: "wall-active-h" }, "Active ", activeCount),
+      activeList,
+    ),
+    h(
+      "section",
+      { class: "wall-section" },
+      h("h2", { id: "wall-recent-h" }, "Finished in the last 15 minutes ", recentCount),
+      recentList,
+    ),
     live,
   );
   activeList.append(emptyRow("Loading…"));
@@ -65,12 +84,16 @@ export function mountWall(root, { client, workspaceId }) {
         const done = parseTime(r.completed_at);
         return !done || now - done.getTime() <= RECENT_MS;
       })
-      .sort((a, b) => (parseTime(b.completed_at)?.getTime() ?? 0) - (parseTime(a.completed_at)?.getTime() ?? 0));
+      .sort(
+        (a, b) => (parseTime(b.completed_at)?.getTime() ?? 0) - (parseTime(a.completed_at)?.getTime() ?? 0),
+      );
     activeCount.textContent = `(${active.length})`;
     recentCount.textContent = `(${recent.length})`;
     activeList.replaceChildren(...(active.length ? active.map(activeRow) : [emptyRow("No active runs")]));
     recentList.replaceChildren(
-      ...(recent.length ? recent.map((r) => finishedRow(r, isFresh(r, now))) : [emptyRow("Nothing finished recently")]),
+      ...(recent.length
+        ? recent.map((r) => finishedRow(r, isFresh(r, now)))
+        : [emptyRow("Nothing finished recently")]),
     );
   }
 
@@ -100,7 +123,9 @@ export function mountWall(root, { client, workspaceId }) {
     },
     onEnd(reason) {
       if (reason === "revoked") {
-        notice.replaceChildren(h("p", { class: "notice", role: "alert", text: "Access to this wall was revoked." }));
+        notice.replaceChildren(
+          h("p", { class: "notice", role: "alert", text: "Access to this wall was revoked." }),
+        );
       }
     },
   });
@@ -135,20 +160,29 @@ function title(run) {
     h("span", { class: "wall-run-id", text: `#${run.id}` }),
     " ",
     h("span", { class: "wall-type", text: run.type ?? "" }),
-    h("span", { class: "wall-tenant", text: run.tenant_id == null ? "Workspace" : `Tenant ${run.tenant_id}` }),
+    h("span", {
+      class: "wall-tenant",
+      text: run.tenant_id == null ? "Workspace" : `Tenant ${run.tenant_id}`,
+    }),
   );
 }
 
 /** @param {any} run */
 function activeRow(run) {
   const counts = run.summary_counts ?? {};
+  const queued = runStatus(run.status) === "queued";
+  const since = run.started_at ? "started " : queued ? "queued " : "created ";
   return h(
     "li",
     { class: "wall-row", "data-run-id": run.id },
     statusBadge(run),
     title(run),
-    h("div", { class: "wall-progress" }, progressBar(run.progress, `Run ${run.id} progress`, counts)),
-    h("div", { class: "wall-when" }, run.started_at ? "started " : "queued ", timeEl(run.started_at ?? run.created_at)),
+    h(
+      "div",
+      { class: "wall-progress" },
+      progressBar(run.progress, `Run ${run.id} progress`, counts, queued ? "Waiting" : "In progress"),
+    ),
+    h("div", { class: "wall-when" }, since, timeEl(run.started_at ?? run.created_at)),
   );
 }
 
@@ -158,7 +192,8 @@ function activeRow(run) {
  */
 function finishedRow(run, fresh) {
   const counts = run.summary_counts ?? {};
-  const failed = typeof counts.failed === "number" && counts.failed > 0 ? `${fmtNumber(counts.failed)} failed` : null;
+  const failed =
+    typeof counts.failed === "number" && counts.failed > 0 ? `${fmtNumber(counts.failed)} failed` : null;
   return h(
     "li",
     { class: `wall-row finished${fresh ? " fresh" : ""}`, "data-run-id": run.id },
@@ -167,7 +202,9 @@ function finishedRow(run, fresh) {
     h(
       "div",
       { class: "wall-outcome" },
-      typeof counts.total === "number" ? `${fmtNumber(counts.processed)} of ${fmtNumber(counts.total)} processed` : "",
+      typeof counts.total === "number"
+        ? `${fmtNumber(counts.processed)} of ${fmtNumber(counts.total)} processed`
+        : "",
       failed ? h("strong", { class: "wall-failed", text: ` · ${failed}` }) : null,
     ),
     h("div", { class: "wall-when" }, "finished ", timeEl(run.completed_at)),

@@ -3,7 +3,11 @@ import { startPage } from "./page.js";
 import { mountWall } from "./wall-view.js";
 
 const clock = /** @type {HTMLElement} */ (document.getElementById("clock"));
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
 const dateFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long" });
 
 function tick() {

@@ -46,16 +46,24 @@ async def serve_static(route: Any) -> None:
         if candidate.is_relative_to(STATIC) and candidate.is_file():
             file = candidate
     elif path == "/blank":
-        await route.fulfill(status=200, body="<!doctype html><title>blank</title>",
-                            headers={"content-type": "text/html"})
+        await route.fulfill(
+            status=200,
+            body="<!doctype html><title>blank</title>",
+            headers={"content-type": "text/html"},
+        )
         return
     else:
-        file = next((STATIC / page for prefix, page in _PAGES.items() if path.startswith(prefix)), None)
+        file = next(
+            (STATIC / page for prefix, page in _PAGES.items() if path.startswith(prefix)), None
+        )
     if file is None:
         await route.fulfill(status=404, body="not found")
         return
-    await route.fulfill(status=200, body=file.read_bytes(),
-                        headers={"content-type": _TYPES.get(file.suffix, "application/octet-stream")})
+    await route.fulfill(
+        status=200,
+        body=file.read_bytes(),
+        headers={"content-type": _TYPES.get(file.suffix, "application/octet-stream")},
+    )
 
 
 class FakeSocket:

@@ -205,7 +205,17 @@ async def test_backoff_is_full_jitter_doubling_to_20_seconds(page: Any) -> None:
         }"""
     )
     assert [low for low, _ in ceilings] == [0] * 9
-    assert [high + 1 for _, high in ceilings] == [500, 1000, 2000, 4000, 8000, 16000, 20000, 20000, 20000]
+    assert [high + 1 for _, high in ceilings] == [
+        500,
+        1000,
+        2000,
+        4000,
+        8000,
+        16000,
+        20000,
+        20000,
+        20000,
+    ]
 
 
 async def test_page_without_token_says_so(page: Any) -> None:
@@ -222,21 +232,34 @@ async def test_run_page_announces_the_finish_and_ends_final(page: Any) -> None:
     await sock.handshake()
     assert await subscribed(sock, 1) == {"run:42"}
     run = {
-        "id": 42, "workspace_id": 1, "tenant_id": None, "type": "inventory.sync",
-        "status": "running", "raw_status": "running", "outcome": "pending",
-        "summary_counts": {"total": 10, "processed": 4}, "progress": 0.4, "failure_summary": [],
-        "created_at": "2024-01-01T00:00:00Z", "started_at": "2024-01-01T00:00:01Z", "completed_at": None,
+        "id": 42,
+        "workspace_id": 1,
+        "tenant_id": None,
+        "type": "inventory.sync",
+        "status": "running",
+        "raw_status": "running",
+        "outcome": "pending",
+        "summary_counts": {"total": 10, "processed": 4},
+        "progress": 0.4,
+        "failure_summary": [],
+        "created_at": "2024-01-01T00:00:00Z",
+        "started_at": "2024-01-01T00:00:01Z",
+        "completed_at": None,
     }
     sock.send(type="state", ch="run:42", data=run, interval=1)
     await page.wait_for_selector('[data-status="running"]')
     assert await page.locator("progress").get_attribute("value") == "40"
-    done = {**run, "status": "succeeded", "raw_status": "completed", "outcome": "succeeded",
-            "completed_at": "2024-01-01T00:00:09Z"}
+    done = {
+        **run,
+        "status": "succeeded",
+        "raw_status": "completed",
+        "outcome": "succeeded",
+        "completed_at": "2024-01-01T00:00:09Z",
+    }
     sock.send(type="state", ch="run:42", data=done, interval=None)
     sock.send(type="end", ch="run:42", reason="terminal")
     await page.wait_for_selector('[data-status="succeeded"]')
     await page.wait_for_selector('[data-connection="final"]')
-    await page.wait_for_function(
-        "document.querySelector('.run-viewer [aria-live]').textContent.includes('finished: Succeeded')"
-    )
+    announced = "document.querySelector('.run-viewer [aria-live]').textContent"
+    await page.wait_for_function(f"{announced}.includes('finished: Succeeded')")
     assert await page.locator("time[title]").count() >= 3
