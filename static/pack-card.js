@@ -73,10 +73,8 @@ function renderPack(pack, status) {
   /** @type {HTMLElement[]} */
   const out = [statusBadge];
   if (status === "queued" || status === "generating") {
-    out.push(
-      progressBar(null, "Review pack generation"),
-      h("p", { text: status === "queued" ? "Waiting to start generating." : "Generating the report…" }),
-    );
+    // Queued and generating are one state to the reader: the report is on its way.
+    out.push(progressBar(null, "Review pack generation", {}, "Generating the report…"));
   }
   if (status === "failed") {
     out.push(h("p", { text: "Generating the review pack failed. Start a new one to try again." }));
