@@ -100,13 +100,11 @@ def _database_url_only() -> str:
 
 
 def run_server(settings: Settings, dsn: str, *, extra: Any = None) -> None:
-    import uvicorn
-
     from .app import create_app
-    from .runner import uvicorn_config
+    from .runner import Server, uvicorn_config
 
     app = create_app(settings, dsn, on_startup=extra)
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    Server(uvicorn_config(app, settings)).run()
 
 
 def _serve(args: argparse.Namespace) -> int:

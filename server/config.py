@@ -39,6 +39,7 @@ class Settings:
     send_timeout: float = 30.0  # a viewer that reads nothing this long is closed (4429)
     ping_interval: float = 20.0
     notify: bool = True
+    notify_window: float = 0.02  # notifications arriving this close together share a read
     drain_seconds: float = 10.0
     wall_max_runs: int = 500
     trust_proxy: bool = False  # take the client address from X-Forwarded-For
@@ -82,6 +83,7 @@ class Settings:
             send_timeout=_float(env, "OPSPUSH_SEND_TIMEOUT", defaults.send_timeout, 0.1),
             ping_interval=_float(env, "OPSPUSH_PING_INTERVAL", defaults.ping_interval, 0),
             notify=_bool(env, "OPSPUSH_NOTIFY", defaults.notify),
+            notify_window=_float(env, "OPSPUSH_NOTIFY_WINDOW", defaults.notify_window, 0, 5),
             drain_seconds=_float(env, "OPSPUSH_DRAIN_SECONDS", defaults.drain_seconds, 0),
             wall_max_runs=_int(env, "OPSPUSH_WALL_MAX_RUNS", defaults.wall_max_runs, 1, 100_000),
             trust_proxy=_bool(env, "OPSPUSH_TRUST_PROXY", defaults.trust_proxy),

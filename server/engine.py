@@ -109,6 +109,7 @@ class Engine:
         self._capabilities = CapabilityTable()
         self._fact_waiters: dict[int, list[asyncio.Future[UserFacts]]] = {}
         self._next_recheck = self.clock.monotonic() + recheck_interval
+        self._access_retry = 0.0  # backoff of access loads while the database fails them
         self._wake = asyncio.Event()
         self._tick_lock = asyncio.Lock()  # the loop's ticks and a test's ticks never overlap
         self._task: asyncio.Task[None] | None = None
@@ -244,6 +245,11 @@ class Engine:
         if woken:
             self.wake()
 
+    def wake_all(self) -> None:
+        """Re-read every live channel and re-check access at the next tick."""
+        self._forced.update(self.watches)
+        self.recheck_now()
+
     def recheck_now(self) -> None:
         """Re-check every subscription's access at the next tick (an access change)."""
         self._next_recheck = self.clock.monotonic()
@@ -285,7 +291,12 @@ class Engine:
                     if index == 0 and access_job is not None:
                         access_ok = False
             self.healthy = not any(isinstance(r, BaseException) for r in results)
+        if recheck and not access_ok:
+            # Not a busy loop against a database that is down: back off, within the interval.
+            self._access_retry = min(self.recheck_interval, max(0.25, self._access_retry * 2))
+            self._next_recheck = self.clock.monotonic() + self._access_retry
         if recheck and access_ok:
+            self._access_retry = 0.0
             self._next_recheck = self.clock.monotonic() + self.recheck_interval
             self._recheck_all()
             self._prune_facts()

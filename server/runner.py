@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from types import FrameType
+
 import uvicorn
 from starlette.applications import Starlette
 
@@ -28,3 +32,17 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         access_log=False,
     )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM it handled gracefully ends with exit 0.
+
+    uvicorn re-raises the signals it caught once it has shut down; for SIGTERM, the
+    orchestrator's ordinary "please stop", that turns a clean drain into exit 143.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            with contextlib.suppress(AttributeError, ValueError):
+                self._captured_signals.remove(sig)

@@ -20,6 +20,7 @@ from . import protocol
 from .clock import Clock
 from .config import Settings
 from .engine import Engine
+from .listener import Listener
 from .stats import EngineStats
 from .storage import Storage, create_pool
 
@@ -41,6 +42,7 @@ class Service:
         self.draining = False
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
+        self.listener: Listener | None = None
 
     @property
     def engine(self) -> Engine:
@@ -67,12 +69,17 @@ class Service:
         )
         if run_engine:
             self._engine.start()
+        if self.settings.notify:
+            self.listener = Listener(self.dsn, self._engine, window=self.settings.notify_window)
+            self.listener.start()
 
     async def stop(self) -> None:
         """Close every socket with 1012, wait a bounded drain, then the engine and the pool."""
         self.draining = True
         if self.sessions:
             await self.close_all(protocol.CLOSE_RESTARTING)
+        if self.listener is not None:
+            await self.listener.stop()
         if self._engine is not None:
             await self._engine.stop()
         if self._pool is not None:

@@ -108,6 +108,7 @@ def test_settings(**overrides: Any) -> Settings:
         hello_timeout=10.0,
         log_level="warning",
         drain_seconds=2.0,
+        notify=False,  # the tick alone; tests of LISTEN/NOTIFY turn it on
     )
     return base.with_overrides(**overrides)
 
