@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -40,6 +40,7 @@ class Service:
         self.per_user: Counter[int] = Counter()
         self.per_address: Counter[str] = Counter()
         self.draining = False
+        self._sessions_changed = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
         self.listener: Listener | None = None
@@ -108,6 +109,12 @@ class Service:
             return False
         return True
 
+    async def wait_sessions(self, predicate: Callable[[set[Session]], bool]) -> None:
+        """Wait until the open sessions satisfy `predicate` (for tests and drains)."""
+        while not predicate(self.sessions):
+            self._sessions_changed.clear()
+            await self._sessions_changed.wait()
+
     # -- admission -----------------------------------------------------------------------
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
@@ -151,11 +158,13 @@ class Service:
         if admitted:
             self.per_user[user_id] += 1
             self.sessions.add(session)
+            self._sessions_changed.set()
         try:
             yield admitted
         finally:
             if admitted:
                 self.sessions.discard(session)
+                self._sessions_changed.set()
                 self.per_user[user_id] -= 1
                 if not self.per_user[user_id]:
                     del self.per_user[user_id]

@@ -113,10 +113,8 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(database_dsn: str, d
             service = server.service
             # Wait for the session to exist, then for the keepalive to drop it.
             async with asyncio.timeout(10):
-                while not service.sessions:
-                    await asyncio.sleep(0.05)
-                while service.sessions:
-                    await asyncio.sleep(0.05)
+                await service.wait_sessions(bool)
+                await service.wait_sessions(lambda sessions: not sessions)
             assert not service.per_user and not server.engine.watches
             assert service.stats.subscriptions["operations"] == 0
         finally:
