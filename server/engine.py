@@ -251,7 +251,12 @@ class Engine:
         self.recheck_now()
 
     def recheck_now(self) -> None:
-        """Re-check every subscription's access at the next tick (an access change)."""
+        """Re-check every subscription's access at the next tick (an access change).
+
+        Cached facts are forgotten too, so that a subscription arriving meanwhile is decided
+        on fresh facts rather than ones from before the change.
+        """
+        self._facts.clear()
         self._next_recheck = self.clock.monotonic()
         self.wake()
 
