@@ -33,7 +33,7 @@ def verify_token(token: str, secret: str, now: float | None = None) -> Identity:
             algorithms=[ALGORITHM],  # never "none", never what the token asks for
             options={"require": ["sub", "exp"], "verify_exp": False},
         )
-    except jwt.PyJWTError as error:
+    except (jwt.PyJWTError, UnicodeEncodeError) as error:  # "\ud800" is valid JSON, not UTF-8
         raise InvalidToken(type(error).__name__) from None
     # Expiry and not-before are checked here, against the injectable clock, with no leeway.
     now = time.time() if now is None else now
