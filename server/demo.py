@@ -244,7 +244,7 @@ class Simulator:
                 size = rng.randint(200_000, 9_000_000)
                 await db.execute(
                     """UPDATE review_packs SET status = 'ready', generated_at = $2,
-                           expires_at = $2 + interval '30 days', file_size = $3,
+                           expires_at = $2::timestamptz + interval '30 days', file_size = $3,
                            sha256 = md5(random()::text) || md5(random()::text),
                            file_path = 'review-packs/' || id || '.zip', file_disk = 'local',
                            summary = '{"policies": 42, "findings": 7}', updated_at = $2

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ def with_database(dsn: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def postgres_server() -> Iterator[dict[str, Any]]:
     """The PostgreSQL server: DATABASE_URL's, or an embedded one for this session."""
     url = os.environ.get("DATABASE_URL")
     if url:
@@ -52,11 +54,14 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         return
     from server import embedded
 
-    server = embedded.start(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    # A folder of our own: pytest's numbered temp folders are shared between concurrent runs.
+    folder = tempfile.mkdtemp(prefix="opspush-test-pg-")
+    server = embedded.start(os.path.join(folder, "data"), delete_on_stop=True)
     try:
         yield {"dsn": server.dsn, "embedded": server}
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -94,10 +99,10 @@ def db(pool: asyncpg.Pool) -> Factory:
     return Factory(pool)
 
 
-def free_socket() -> socket.socket:
+def free_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -185,11 +190,12 @@ class Viewer:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    dsn: str, *, clock: Clock | None = None, **overrides: Any
+    dsn: str, *, clock: Clock | None = None, port: int = 0, **overrides: Any
 ) -> AsyncIterator[RunningServer]:
+    """A real uvicorn server in this process; `port` 0 picks a free one."""
     settings = test_settings(**overrides)
     app = create_app(settings, dsn, clock=clock)
-    sock = free_socket()
+    sock = free_socket(port)
     config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -7,8 +7,7 @@ costs no waiting; screenshots of the pages are kept in docs/screenshots/.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 
 from server.channels import Channel, Kind
 from server.clock import ManualClock
-from tests import conftest as base
 from tests.conftest import RunningServer, running_server
 from tests.factories import Factory
 
@@ -148,36 +146,22 @@ async def test_hidden_tab_pauses_reads_and_showing_it_brings_the_current_state(
 
 
 async def test_wall_reconnects_after_a_server_restart_and_catches_up(
-    database_dsn: str, db: Factory, page: Any, monkeypatch: pytest.MonkeyPatch
+    database_dsn: str, db: Factory, page: Any
 ) -> None:
     ws = await db.workspace()
     user = await db.user(ws, "owner")
     first = await db.run(ws, status="running", summary_counts={"total": 4, "processed": 1})
-    probe = base.free_socket()
-    port = probe.getsockname()[1]
-    probe.close()
-    monkeypatch.setattr(base, "free_socket", bound_to(port))  # the restarted server: same port
-
     async with running_server(database_dsn) as running:
+        port = running.port  # the restarted server comes back on the same port
         await open_page(page, page_url(running, f"/wall/{ws}", user))
         await page.wait_for_selector(f'[data-list="active"] [data-run-id="{first}"]')
     await page.wait_for_selector('[data-connection="reconnecting"]')  # 1012: restarting
 
     second = await db.run(ws, status="queued")  # created while the server is down
-    async with running_server(database_dsn):
+    async with running_server(database_dsn, port=port):
         await page.wait_for_selector('[data-connection="live"]', timeout=30_000)
         await page.wait_for_selector(f'[data-list="active"] [data-run-id="{second}"]')
         await page.wait_for_selector(f'[data-run-id="{first}"]')
-
-
-def bound_to(port: int) -> Callable[[], socket.socket]:
-    def bind() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        return sock
-
-    return bind
 
 
 async def test_pack_card_goes_from_in_progress_to_ready(
