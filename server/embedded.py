@@ -8,6 +8,7 @@ root, it runs the server as a separate system user, since PostgreSQL refuses roo
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,14 @@ class EmbeddedPostgres:
     dsn: str
 
     def stop(self) -> None:
+        """Stop the server unless another live process still uses it.
+
+        The package counts its users in a file of process ids; a process that died without
+        cleaning up (SIGKILL) would keep the server up forever, so dead ids are dropped first.
+        """
+        handles = self.server.global_process_id_list
+        with self.server._lock:
+            handles.put([pid for pid in handles.get() if _alive(pid)])
         self.server.cleanup()
 
     def restart(self) -> None:
@@ -41,6 +50,16 @@ class EmbeddedPostgres:
 
         pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009  # generated at import time, one per binary
         pg_ctl(["-w", "restart"], pgdata=self.server.pgdata, user=self.server.system_user)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start(data_dir: str | Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
