@@ -6,6 +6,8 @@ out-of-scope things, and 403 only inside scope.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -30,12 +32,11 @@ def _user_id(request: Request, service: Service) -> int | None:
         return None
 
 
-def _refusal(decision: access.Decision) -> Response | None:
-    if decision == "not_found":
-        return JSONResponse({"error": "not_found"}, status_code=404)
+def _refusal(decision: access.Decision) -> Response:
+    """403 only inside scope; anything else, missing or out of scope, is the same 404."""
     if decision == "forbidden":
         return JSONResponse({"error": "forbidden"}, status_code=403)
-    return None
+    return JSONResponse({"error": "not_found"}, status_code=404)
 
 
 def _json(data: object, interval: int | None) -> Response:
@@ -46,37 +47,43 @@ def _json(data: object, interval: int | None) -> Response:
 
 
 _UNAUTHORIZED = {"error": "unauthorized"}
-_NOT_FOUND = {"error": "not_found"}
 
 
 async def run_endpoint(request: Request) -> Response:
-    service = _service(request)
-    user_id = _user_id(request, service)
-    if user_id is None:
-        return JSONResponse(_UNAUTHORIZED, status_code=401)
-    run_id = request.path_params["run_id"]
-    snapshot = await service.storage.read_access([user_id])
-    row = (await service.storage.read_runs([run_id])).get(run_id)
-    facts = snapshot.users[user_id]
-    scope = views.run_scope(row) if row is not None and facts.exists else None
-    refusal = _refusal(access.decide_run(facts, snapshot.capabilities, scope))
-    if refusal is not None or row is None:
-        return refusal or JSONResponse(_NOT_FOUND, status_code=404)
-    return _json(views.run_data(row), views.run_interval(row, service.engine.clock.now()))
+    async def read(service: Service, run_id: int) -> Response:
+        snapshot = await service.storage.read_access([request.state.user_id])
+        row = (await service.storage.read_runs([run_id])).get(run_id)
+        scope = views.run_scope(row) if row is not None else None
+        decision = access.decide_run(
+            snapshot.users[request.state.user_id], snapshot.capabilities, scope
+        )
+        if row is None or decision != "allowed":
+            return _refusal(decision)
+        return _json(views.run_data(row), views.run_interval(row, service.engine.clock.now()))
+
+    return await _authorized(request, "run_id", read)
 
 
 async def review_pack_endpoint(request: Request) -> Response:
+    async def read(service: Service, user_id: int, tenant_id: int) -> Response:
+        snapshot = await service.storage.read_access([user_id])
+        row = (await service.storage.read_pack_cards([tenant_id])).get(tenant_id)
+        scope = views.tenant_scope(row) if row is not None else None
+        decision = access.decide_review_pack(snapshot.users[user_id], snapshot.capabilities, scope)
+        if row is None or decision != "allowed":
+            return _refusal(decision)
+        pack = row if row["id"] is not None else None
+        return _json(views.pack_data(tenant_id, pack), views.pack_interval(pack))
+
+    return await _authorized(request, "tenant_id", read)
+
+
+async def _authorized(
+    request: Request, key: str, read: Callable[[Service, int, int], Awaitable[Response]]
+) -> Response:
+    """401 without a valid token; otherwise the read, for the user the token names."""
     service = _service(request)
     user_id = _user_id(request, service)
     if user_id is None:
         return JSONResponse(_UNAUTHORIZED, status_code=401)
-    tenant_id = request.path_params["tenant_id"]
-    snapshot = await service.storage.read_access([user_id])
-    row = (await service.storage.read_pack_cards([tenant_id])).get(tenant_id)
-    facts = snapshot.users[user_id]
-    scope = views.tenant_scope(row) if row is not None and facts.exists else None
-    refusal = _refusal(access.decide_review_pack(facts, snapshot.capabilities, scope))
-    if refusal is not None or row is None:
-        return refusal or JSONResponse(_NOT_FOUND, status_code=404)
-    pack = row if row["id"] is not None else None
-    return _json(views.pack_data(tenant_id, pack), views.pack_interval(pack))
+    return await read(service, user_id, request.path_params[key])

@@ -7,6 +7,7 @@ EngineStats, so the hot path never touches prometheus_client.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -18,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .channels import Kind
+from .protocol import ErrorCode
 from .stats import EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,17 +68,7 @@ class EngineCollector(Collector):
         )
         reasons = ["terminal", "revoked", "gone"]
         yield _by("opspush_ends", "Subscriptions ended", "reason", reasons, s.ends, counter=True)
-        codes = sorted(
-            {
-                "not_found",
-                "forbidden",
-                "bad_request",
-                "unknown_channel",
-                "too_many_subscriptions",
-                "rate_limited",
-            }
-            | set(s.errors)
-        )
+        codes = sorted(set(get_args(ErrorCode)) | set(s.errors))
         yield _by("opspush_errors", "Error frames sent", "code", codes, s.errors, counter=True)
         yield CounterMetricFamily(
             "opspush_access_loads", "Batched access-fact loads", value=s.access_loads

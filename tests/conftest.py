@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection
 
 from server.app import create_app
 from server.auth import mint_token
-from server.clock import Clock
+from server.clock import Clock, ManualClock
 from server.config import Settings
 from server.engine import Engine
 from server.migrations import migrate
@@ -217,6 +217,24 @@ async def server(database_dsn: str) -> AsyncIterator[RunningServer]:
     """One server for the tests that need no special settings."""
     async with running_server(database_dsn) as running:
         yield running
+
+
+@pytest.fixture
+async def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def manual(database_dsn: str, clock: ManualClock) -> AsyncIterator[RunningServer]:
+    """A server whose time moves only when the test says so."""
+    async with running_server(database_dsn, clock=clock) as running:
+        yield running
+
+
+async def step(server: RunningServer, clock: ManualClock, seconds: float) -> None:
+    """Let `seconds` pass and run the tick that is due then."""
+    clock.advance(seconds)
+    await server.engine.tick()
 
 
 @pytest.fixture

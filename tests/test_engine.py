@@ -10,32 +10,14 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from server.channels import Channel, Kind
 from server.clock import ManualClock
-from tests.conftest import RunningServer, Viewer, running_server
+from tests.conftest import RunningServer, Viewer, step
 from tests.factories import Factory
-
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def manual(database_dsn: str, clock: ManualClock) -> AsyncIterator[RunningServer]:
-    async with running_server(database_dsn, clock=clock) as running:
-        yield running
-
-
-async def step(server: RunningServer, clock: ManualClock, seconds: float) -> None:
-    """Let `seconds` pass and run the tick that is due then."""
-    clock.advance(seconds)
-    await server.engine.tick()
 
 
 def masked_text_frame(payload: bytes) -> bytes:

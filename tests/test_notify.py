@@ -38,11 +38,6 @@ def test_payloads(payloads: list[str], channels: set[Channel], access: bool) -> 
 
 
 @pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 async def notified(database_dsn: str, clock: ManualClock) -> AsyncIterator[RunningServer]:
     async with running_server(database_dsn, clock=clock, notify=True) as running:
         assert running.service.listener is not None

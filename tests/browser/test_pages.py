@@ -7,7 +7,6 @@ costs no waiting; screenshots of the pages are kept in docs/screenshots/.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from server.channels import Channel, Kind
 from server.clock import ManualClock
-from tests.conftest import RunningServer, running_server
+from tests.conftest import RunningServer, running_server, step
 from tests.factories import Factory
 
 from .harness import SCREENSHOTS, SET_VISIBILITY_JS
@@ -26,24 +25,6 @@ FAILURES = [
     {"code": "graph.throttled", "message": "Microsoft Graph throttled the request", "count": 3},
     {"code": "policy.invalid", "message": "Conditional access policy could not be parsed"},
 ]
-
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def manual(database_dsn: str, clock: ManualClock) -> AsyncIterator[RunningServer]:
-    """A server whose time moves only when the test says so."""
-    async with running_server(database_dsn, clock=clock) as running:
-        yield running
-
-
-async def step(server: RunningServer, clock: ManualClock, seconds: float) -> None:
-    """Let `seconds` pass and run the tick that is due then."""
-    clock.advance(seconds)
-    await server.engine.tick()
 
 
 def page_url(server: RunningServer, path: str, user_id: int) -> str:
