@@ -50,13 +50,11 @@ _UNAUTHORIZED = {"error": "unauthorized"}
 
 
 async def run_endpoint(request: Request) -> Response:
-    async def read(service: Service, run_id: int) -> Response:
-        snapshot = await service.storage.read_access([request.state.user_id])
+    async def read(service: Service, user_id: int, run_id: int) -> Response:
+        snapshot = await service.storage.read_access([user_id])
         row = (await service.storage.read_runs([run_id])).get(run_id)
         scope = views.run_scope(row) if row is not None else None
-        decision = access.decide_run(
-            snapshot.users[request.state.user_id], snapshot.capabilities, scope
-        )
+        decision = access.decide_run(snapshot.users[user_id], snapshot.capabilities, scope)
         if row is None or decision != "allowed":
             return _refusal(decision)
         return _json(views.run_data(row), views.run_interval(row, service.engine.clock.now()))
