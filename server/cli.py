@@ -101,9 +101,10 @@ def _database_url_only() -> str:
 
 def run_server(settings: Settings, dsn: str, *, extra: Any = None) -> None:
     from .app import create_app
-    from .runner import Server, uvicorn_config
+    from .runner import Server, tune_gc, uvicorn_config
 
     app = create_app(settings, dsn, on_startup=extra)
+    tune_gc()
     Server(uvicorn_config(app, settings)).run()
 
 
