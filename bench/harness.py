@@ -50,10 +50,7 @@ def with_database(dsn: str, name: str) -> str:
 
 def notify_available() -> bool:
     """The LISTEN/NOTIFY mode (issue 4) is in the server: OPSPUSH_NOTIFY=1 means something."""
-    for path in (ROOT / "server").glob("*.py"):
-        if "LISTEN" in path.read_text():
-            return True
-    return False
+    return any("LISTEN" in path.read_text() for path in (ROOT / "server").glob("*.py"))
 
 
 def free_port() -> int:
@@ -73,7 +70,7 @@ def postgres(work: Path) -> Any:
         return
     from server import embedded
 
-    data = work / "pgdata"
+    data = work / f"pgdata-{os.getpid()}"
     if data.exists():
         shutil.rmtree(data)
     server = embedded.start(data, delete_on_stop=True)
@@ -111,9 +108,7 @@ async def seed(dsn: str, args: argparse.Namespace, viewers: int) -> dict[str, An
     n_tenants = args.tenants
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(
-            "TRUNCATE workspaces, users RESTART IDENTITY CASCADE"
-        )
+        await connection.execute("TRUNCATE workspaces, users RESTART IDENTITY CASCADE")
         workspace = await connection.fetchval(
             "INSERT INTO workspaces (name) VALUES ('bench') RETURNING id"
         )
@@ -252,6 +247,11 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(cpu_by_pid(processes).values())
 
 
+def busy(before: Any, after: Any) -> float:
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0) - getattr(before, "iowait", 0))
+    return sum(after) - sum(before) - idle
+
+
 def cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
     found = {}
     for process in processes:
@@ -288,8 +288,9 @@ class Scenario:
         self.port = free_port()
         self.procs: list[subprocess.Popen[str]] = []
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None,
-              stdin: bool = False) -> subprocess.Popen[str]:
+    def spawn(
+        self, argv: list[str], env: dict[str, str] | None = None, stdin: bool = False
+    ) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, *argv],
             cwd=ROOT,
@@ -341,6 +342,9 @@ class Scenario:
             OPSPUSH_RATE_LIMIT="20",
             OPSPUSH_LOG_LEVEL="warning",
         )
+        pool = args.poll_pool_size if self.mode == "poll" else args.pool_size
+        if pool:
+            env["OPSPUSH_POOL_SIZE"] = str(pool)
         try:
             server = self.spawn(
                 ["-m", "bench.serve", "--cpus", args.server_cpus, "--port", str(self.port)], env
@@ -350,8 +354,18 @@ class Scenario:
             await asyncio.sleep(1.0)
             rss_base = server_ps.memory_info().rss
             writer = self.spawn(
-                ["-m", "bench.writer", "--dsn", self.dsn, "--log", str(writes),
-                 "--slots", str(slots), "--cpus", args.client_cpus]
+                [
+                    "-m",
+                    "bench.writer",
+                    "--dsn",
+                    self.dsn,
+                    "--log",
+                    str(writes),
+                    "--slots",
+                    str(slots),
+                    "--cpus",
+                    args.client_cpus,
+                ]
             )
             assert writer.stdout is not None
             line = await asyncio.to_thread(writer.stdout.readline)
@@ -363,9 +377,20 @@ class Scenario:
             for index in range(k):
                 clients.append(
                     self.spawn(
-                        ["-m", "bench.client", "--plan", str(plan_path), "--index", str(index),
-                         "--of", str(k), "--out", str(self.work / f"lat-{index}.bin"),
-                         "--cpus", args.client_cpus],
+                        [
+                            "-m",
+                            "bench.client",
+                            "--plan",
+                            str(plan_path),
+                            "--index",
+                            str(index),
+                            "--of",
+                            str(k),
+                            "--out",
+                            str(self.work / f"lat-{index}.bin"),
+                            "--cpus",
+                            args.client_cpus,
+                        ],
                         stdin=True,
                     )
                 )
@@ -383,8 +408,13 @@ class Scenario:
             pg = postgres_processes(None)
             db0 = await db_counts(self.dsn)
             m0 = await asyncio.to_thread(metrics, self.port)
-            cpu0 = (cpu_seconds([server_ps]), cpu_seconds(watched), cpu_seconds([writer_ps]),
-                    cpu_by_pid(pg))
+            cpu0 = (
+                cpu_seconds([server_ps]),
+                cpu_seconds(watched),
+                cpu_seconds([writer_ps]),
+                cpu_by_pid(pg),
+            )
+            sys0 = psutil.cpu_times()
             t0 = time.time()
             rss_samples = []
             end = time.monotonic() + args.duration
@@ -392,8 +422,13 @@ class Scenario:
                 await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
                 rss_samples.append(server_ps.memory_info().rss)
             t1 = time.time()
-            cpu1 = (cpu_seconds([server_ps]), cpu_seconds(watched), cpu_seconds([writer_ps]),
-                    cpu_by_pid(pg))
+            sys1 = psutil.cpu_times()
+            cpu1 = (
+                cpu_seconds([server_ps]),
+                cpu_seconds(watched),
+                cpu_seconds([writer_ps]),
+                cpu_by_pid(pg),
+            )
             db1 = await db_counts(self.dsn)
             m1 = await asyncio.to_thread(metrics, self.port)
             elapsed = t1 - t0
@@ -450,6 +485,9 @@ class Scenario:
             "writer_cpu": (cpu1[2] - cpu0[2]) / elapsed,
             "postgres_cpu": cpu_delta(cpu0[3], cpu1[3]) / elapsed,
             "top_statements": top_statements(db0, db1, elapsed),
+            # Everything the machine did in the window, ours included: other work on a shared
+            # machine shows up as machine_cpu well above the sum of the parts above.
+            "machine_cpu": busy(sys0, sys1) / elapsed,
             "server_rss_base_mb": rss_base / 2**20,
             "server_rss_mb": max(rss_samples or [rss_loaded]) / 2**20,
             "kb_per_socket": (
@@ -458,9 +496,10 @@ class Scenario:
             "states_pushed_per_s": delta("opspush_states_pushed_total"),
             "states_replaced_per_s": delta("opspush_states_replaced_total"),
             "engine_reads_per_s": delta("opspush_reads_total"),
+            "channel_reads_per_s": delta("opspush_channel_reads_total"),
             "tick_lag_max_s": m1.get("opspush_tick_lag_max_seconds"),
             "states_received_per_s": sum(s["states"] for s in summaries) / max(elapsed, 1e-9),
-            "http_requests": sum(s["requests"] for s in summaries),
+            "http_requests_per_s": sum(s["requests"] for s in summaries) / elapsed,
             "latency_samples": len(lat),
             "latency_missed": sum(s["missed"] for s in summaries),
             "p50_ms": pct(50),
@@ -509,9 +548,9 @@ def machine() -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> int:
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # a harness, not the server
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # a harness, not the server
     modes = [m for m in args.modes.split(",") if m]
     if "notify" in modes and not notify_available() and not args.force_notify:
         log("notify mode is not in the server yet (no LISTEN/NOTIFY): skipping it")
@@ -531,12 +570,22 @@ async def main_async(args: argparse.Namespace) -> int:
                     log(f"  failed: {error!r}")
                     result = {"mode": mode, "viewers": n, "failed": repr(error)}
                 results.append(result)
-                log("  " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v)
-                                       for k, v in result.items()}))
+                log(
+                    "  "
+                    + json.dumps(
+                        {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
+                    )
+                )
                 (out / "results.json").write_text(
-                    json.dumps({"machine": machine(), "args": vars(args),
-                                "started": datetime.fromtimestamp(began, UTC).isoformat(),
-                                "results": results}, indent=1)
+                    json.dumps(
+                        {
+                            "machine": machine(),
+                            "args": vars(args),
+                            "started": datetime.fromtimestamp(began, UTC).isoformat(),
+                            "results": results,
+                        },
+                        indent=1,
+                    )
                 )
     log(f"all scenarios done in {(time.time() - began) / 60:.1f} min")
     from bench import report
@@ -547,28 +596,57 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--scenarios", default="100,1000,5000,10000,20000",
-                        help="viewer counts, comma-separated")
-    parser.add_argument("--modes", default="ticks,notify,poll",
-                        help="ticks (push, interval reads only), notify (push with "
-                        "LISTEN/NOTIFY), poll (HTTP polling at the interval rules)")
-    parser.add_argument("--force-notify", action="store_true",
-                        help="run the notify mode even if the server seems not to have it")
+    parser.add_argument(
+        "--scenarios", default="100,1000,5000,10000,20000", help="viewer counts, comma-separated"
+    )
+    parser.add_argument(
+        "--modes",
+        default="ticks,notify,poll",
+        help="ticks (push, interval reads only), notify (push with "
+        "LISTEN/NOTIFY), poll (HTTP polling at the interval rules)",
+    )
+    parser.add_argument(
+        "--force-notify",
+        action="store_true",
+        help="run the notify mode even if the server seems not to have it",
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--grace", type=float, default=11.0,
-                        help="seconds after the window for late changes to arrive")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=11.0,
+        help="seconds after the window for late changes to arrive",
+    )
     parser.add_argument("--clients", type=int, default=3, help="load client processes")
     parser.add_argument("--viewers-per-run", type=int, default=10)
     parser.add_argument("--viewers-per-user", type=int, default=20)
     parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--pack-share", type=float, default=0.05,
-                        help="share of viewers on review pack cards")
-    parser.add_argument("--run-life", type=float, default=600.0,
-                        help="runs live 0..2x this many seconds, 10 minutes on average")
+    parser.add_argument(
+        "--pack-share", type=float, default=0.05, help="share of viewers on review pack cards"
+    )
+    parser.add_argument(
+        "--run-life",
+        type=float,
+        default=600.0,
+        help="runs live 0..2x this many seconds, 10 minutes on average",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        help="OPSPUSH_POOL_SIZE for push (0: the server's default)",
+    )
+    parser.add_argument(
+        "--poll-pool-size",
+        type=int,
+        default=0,
+        help="OPSPUSH_POOL_SIZE for polling (0: the server's default)",
+    )
     parser.add_argument("--server-cpus", default="0")
-    parser.add_argument("--client-cpus", default="1",
-                        help="CPUs for clients, writer and embedded PostgreSQL")
+    parser.add_argument(
+        "--client-cpus", default="1", help="CPUs for clients, writer and embedded PostgreSQL"
+    )
     parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--work", default=str(ROOT / "bench" / ".work"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))

@@ -40,11 +40,13 @@ def table(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         if "failed" in r:
-            rows.append(f"| {r['viewers']:,} | | {MODE_NAMES[r['mode']]} | failed: {r['failed']} "
-                        "| | | | | | | | | | | |")
+            rows.append(
+                f"| {r['viewers']:,} | | {MODE_NAMES[r['mode']]} | failed: {r['failed']} "
+                "| | | | | | | | | | | |"
+            )
             continue
         poll = r["mode"] == "poll"
-        req = r["http_requests"] / r["seconds"] if poll and r.get("seconds") else None
+        req = r["http_requests_per_s"] if poll else None
         rows.append(
             f"| {r['viewers']:,} | {r['runs']:,} | {MODE_NAMES[r['mode']]} "
             f"| {_f(r['db_statements_per_s'])} | {_f(r['server_cpu'], 2)} "
@@ -75,8 +77,10 @@ def ratios(results: list[dict[str, Any]]) -> str:
                 return "–"
             return f"{a / b:,.1f}×"
 
-        lines.append(f"| {n:,} | {MODE_NAMES[mode]} | {ratio('db_statements_per_s')} "
-                     f"| {ratio('server_cpu')} | {ratio('p99_ms')} |")
+        lines.append(
+            f"| {n:,} | {MODE_NAMES[mode]} | {ratio('db_statements_per_s')} "
+            f"| {ratio('server_cpu')} | {ratio('p99_ms')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,15 +98,27 @@ def plots(results: list[dict[str, Any]], out: Path) -> list[str]:
     written = []
 
     def series(mode: str, key: str) -> tuple[list[int], list[float]]:
-        rows = sorted((r for r in ok if r["mode"] == mode and r.get(key) is not None),
-                      key=lambda r: r["viewers"])
+        rows = sorted(
+            (r for r in ok if r["mode"] == mode and r.get(key) is not None),
+            key=lambda r: r["viewers"],
+        )
         return [r["viewers"] for r in rows], [r[key] for r in rows]
 
     figures = [
-        ("db_statements.png", "Database statements per second", "statements/s",
-         [("db_statements_per_s", "-o", "")], True),
-        ("latency.png", "Commit-to-viewer latency", "ms",
-         [("p50_ms", "--o", " p50"), ("p99_ms", "-s", " p99")], True),
+        (
+            "db_statements.png",
+            "Database statements per second",
+            "statements/s",
+            [("db_statements_per_s", "-o", "")],
+            True,
+        ),
+        (
+            "latency.png",
+            "Commit-to-viewer latency",
+            "ms",
+            [("p50_ms", "--o", " p50"), ("p99_ms", "-s", " p99")],
+            True,
+        ),
         ("server_cpu.png", "Server CPU", "cores", [("server_cpu", "-o", "")], False),
         ("memory.png", "Server resident memory", "MB", [("server_rss_mb", "-o", "")], False),
     ]

@@ -6,9 +6,29 @@ Usage: python -m bench.serve --cpus 0 --port 8765   (settings come from the envi
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import sys
+import time
 
 from bench.common import parse_cpus, pin, raise_fd_limit
+
+
+def _log_gc() -> None:
+    """Print every collection of the oldest generation that takes more than 20 ms."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            ms = (time.perf_counter() - started[0]) * 1000
+            if ms > 20:
+                print(f"gc gen2 {ms:.0f} ms, {info['collected']} collected", file=sys.stderr)
+
+    gc.callbacks.append(callback)
 
 
 def main() -> int:
@@ -18,6 +38,8 @@ def main() -> int:
     args = parser.parse_args()
     raise_fd_limit()
     pin(parse_cpus(args.cpus))
+    if os.environ.get("BENCH_GC_LOG"):
+        _log_gc()
     from server.cli import main as opspush
 
     return opspush(["serve", "--host", "127.0.0.1", "--port", str(args.port)])

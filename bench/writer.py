@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -83,8 +84,10 @@ class Writer:
             self.ends[row["slot"]] = row["ends"]
             self.tenant_of[row["slot"]] = row["tenant_id"]
             self.workspace_id = row["workspace_id"]
-        self.packs = [r["id"] for r in await self.pool.fetch(
-            f"SELECT id FROM review_packs ORDER BY id {WRITER_MARK}")]
+        self.packs = [
+            r["id"]
+            for r in await self.pool.fetch(f"SELECT id FROM review_packs ORDER BY id {WRITER_MARK}")
+        ]
         self.statements += 2
         self.write_slots()
 
@@ -148,7 +151,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await writer.run()
     finally:
         writer.log.flush()
-        with open(args.log + ".count", "w") as handle:
+        with open(args.log + ".count", "w") as handle:  # noqa: ASYNC230  # a harness, not the server
             handle.write(str(writer.statements))
 
 
@@ -170,10 +173,8 @@ def main() -> None:
         task = asyncio.create_task(main_async(args))
         loop_task.append(task)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(runner())
 
