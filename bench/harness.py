@@ -363,6 +363,8 @@ class Scenario:
                     str(writes),
                     "--slots",
                     str(slots),
+                    "--batches",
+                    str(args.writer_batches),
                     "--cpus",
                     args.client_cpus,
                 ]
@@ -610,7 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the notify mode even if the server seems not to have it",
     )
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    parser.add_argument("--duration", type=float, default=25.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument(
         "--grace",
@@ -640,14 +642,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--poll-pool-size",
         type=int,
-        default=0,
-        help="OPSPUSH_POOL_SIZE for polling (0: the server's default)",
+        default=16,
+        help="OPSPUSH_POOL_SIZE for polling: its 2 statements per request get enough "
+        "connections not to be capped by the default 4 (0: the server's default)",
+    )
+    parser.add_argument(
+        "--writer-batches",
+        type=int,
+        default=4,
+        help="the writer commits each second's run updates in this many groups",
     )
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument(
         "--client-cpus", default="1", help="CPUs for clients, writer and embedded PostgreSQL"
     )
-    parser.add_argument("--ready-timeout", type=float, default=180.0)
+    parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--work", default=str(ROOT / "bench" / ".work"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)

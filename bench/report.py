@@ -84,7 +84,7 @@ def ratios(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(results: list[dict[str, Any]], out: Path) -> list[str]:
+def draw(results: list[dict[str, Any]], out: Path) -> list[str]:
     try:
         import matplotlib
 
@@ -144,12 +144,12 @@ def plots(results: list[dict[str, Any]], out: Path) -> list[str]:
     return written
 
 
-def write(out: Path) -> None:
+def write(out: Path, *, plots: bool = True) -> None:
     data = json.loads((out / "results.json").read_text())
     results = data["results"]
     m = data["machine"]
     a = data["args"]
-    images = plots(results, out)
+    images = draw(results, out) if plots else []
     text = [
         "# opspush benchmark: push against polling\n",
         f"Run {data['started'][:19]} UTC on {m['cpu']}, {m['cores']} cores, "
