@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -20,7 +21,7 @@ from .clock import Clock
 from .config import Settings
 from .http_api import review_pack_endpoint, run_endpoint
 from .service import Service
-from .websocket import websocket_endpoint
+from .websocket import KeepServerSend, websocket_endpoint
 
 
 def static_dir() -> Path:
@@ -95,6 +96,6 @@ def create_app(
         Route("/wall/{workspace_id:int}", page("wall.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeepServerSend)])
     app.state.service = service
     return app

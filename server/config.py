@@ -34,6 +34,8 @@ class Settings:
     rate_burst: int = 100
     max_connections_per_user: int = 0  # 0: unlimited
     max_connections_per_address: int = 0
+    admission_rate: float = 500.0  # new sockets per second per process; 0: unlimited
+    admission_burst: int = 1000
     hello_timeout: float = 10.0
     recheck_interval: float = 5.0  # access re-checks; revocation lands within 2x this
     send_timeout: float = 30.0  # a viewer that reads nothing this long is closed (4429)
@@ -75,6 +77,10 @@ class Settings:
             ),
             max_connections_per_address=_int(
                 env, "OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS", 0, 0, 10_000_000
+            ),
+            admission_rate=_float(env, "OPSPUSH_ADMISSION_RATE", defaults.admission_rate, 0),
+            admission_burst=_int(
+                env, "OPSPUSH_ADMISSION_BURST", defaults.admission_burst, 1, 10_000_000
             ),
             hello_timeout=_float(env, "OPSPUSH_HELLO_TIMEOUT", defaults.hello_timeout, 0.1),
             recheck_interval=_float(

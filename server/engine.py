@@ -19,7 +19,7 @@ import hashlib
 import heapq
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -33,6 +33,8 @@ from .stats import EngineStats
 from .storage import AccessSnapshot, Row, Storage
 
 log = logging.getLogger("opspush.engine")
+
+_ACCESS = "access"  # the in-flight key of access loads, beside the channel kinds
 
 FACTS_TIMEOUT = 10.0  # how long a handshake waits for its user's access facts
 
@@ -111,9 +113,11 @@ class Engine:
         self._next_recheck = self.clock.monotonic() + recheck_interval
         self._access_retry = 0.0  # backoff of access loads while the database fails them
         self._wake = asyncio.Event()
-        self._tick_lock = asyncio.Lock()  # the loop's ticks and a test's ticks never overlap
+        # At most one statement in flight per kind (and one access load): a slow one is not
+        # queued behind, and the other kinds keep their cadence meanwhile.
+        self._inflight: dict[Kind | str, asyncio.Task[None]] = {}
+        self._failing: set[Kind | str] = set()
         self._task: asyncio.Task[None] | None = None
-        self.healthy = True  # the last tick's database work succeeded
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -127,10 +131,20 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        inflight = list(self._inflight.values())
+        for job in inflight:
+            job.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
+        self._inflight.clear()
         for waiters in self._fact_waiters.values():
             for waiter in waiters:
                 waiter.cancel()
         self._fact_waiters.clear()
+
+    @property
+    def healthy(self) -> bool:
+        """The latest statement of every kind succeeded."""
+        return not self._failing
 
     async def _run(self) -> None:
         while True:
@@ -140,9 +154,7 @@ class Engine:
                     await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
+                self._start_due_work()
             except Exception:  # a bug must not end every subscription of the process
                 log.exception("engine tick failed")
                 await asyncio.sleep(1.0)
@@ -263,13 +275,30 @@ class Engine:
     # -- the tick ------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Do everything due now: load access facts, read due channels, push, end, re-check."""
-        async with self._tick_lock:
-            await self._tick()
+        """Start everything due now and wait for it: how tests drive the engine step by step."""
+        await self._settle(list(self._inflight.values()))
+        await self._settle(self._start_due_work())
 
-    async def _tick(self) -> None:
+    @staticmethod
+    async def _settle(jobs: list[asyncio.Task[None]]) -> None:
+        if jobs:
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    def _start_due_work(self) -> list[asyncio.Task[None]]:
+        """Start the reads and the access load due now; never wait for the database here."""
         now = self.clock.monotonic()
-        to_read = self._due_watches(now)
+        started = []
+        by_kind: dict[Kind, list[Watch]] = {}
+        for watch in self._due_watches(now):
+            by_kind.setdefault(watch.channel.kind, []).append(watch)
+        for kind, watches in by_kind.items():
+            if kind in self._inflight:
+                # The previous read of this kind is still running (a slow database): these
+                # are read right after it, rather than queued as a second statement behind it.
+                self._forced.update(watch.channel for watch in watches)
+                continue
+            started.append(self._spawn(kind, self._read(kind, watches)))
+
         recheck = now >= self._next_recheck
         users = set(self._fact_waiters)
         for waiting in self._pending.values():
@@ -277,40 +306,37 @@ class Engine:
         users = {user_id for user_id in users if not self._known_user(user_id)}
         if recheck:
             users |= {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+        if (users or recheck) and _ACCESS not in self._inflight:
+            started.append(self._spawn(_ACCESS, self._load_access(sorted(users), now, recheck)))
+        self._answer_all_pending()
+        return started
 
-        by_kind: dict[Kind, list[Watch]] = {}
-        for watch in to_read:
-            by_kind.setdefault(watch.channel.kind, []).append(watch)
-        access_job = self._load_access(sorted(users), now) if users else None
-        jobs = [self._read(kind, watches) for kind, watches in by_kind.items()]
-        if access_job is not None:
-            jobs.insert(0, access_job)
-        access_ok = True
-        if jobs:
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-            for index, result in enumerate(results):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if isinstance(result, BaseException):
-                    log.warning("database read failed: %s", result)
-                    if index == 0 and access_job is not None:
-                        access_ok = False
-            self.healthy = not any(isinstance(r, BaseException) for r in results)
-        if recheck and not access_ok:
-            # Not a busy loop against a database that is down: back off, within the interval.
-            self._access_retry = min(self.recheck_interval, max(0.25, self._access_retry * 2))
-            self._next_recheck = self.clock.monotonic() + self._access_retry
-        if recheck and access_ok:
-            self._access_retry = 0.0
-            self._next_recheck = self.clock.monotonic() + self.recheck_interval
-            self._recheck_all()
-            self._prune_facts()
+    def _spawn(self, key: Kind | str, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(job, name=f"opspush-read-{key}")
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._finished(key, done))
+        return task
+
+    def _finished(self, key: Kind | str, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._failing.discard(key)
+        else:
+            self._failing.add(key)
+            log.warning("database read failed (%s): %s", key, error)
+        self.wake()  # work deferred behind this one may be waiting
+
+    def _answer_all_pending(self) -> None:
         for channel in list(self._pending):
-            pending_watch = self.watches.get(channel)
-            if pending_watch is None:
+            watch = self.watches.get(channel)
+            if watch is None:
                 del self._pending[channel]
-            elif pending_watch.read_at is not None:
-                self._answer_pending(pending_watch)
+            elif watch.read_at is not None:
+                self._answer_pending(watch)
 
     def _due_watches(self, now: float) -> list[Watch]:
         scheduled: set[Channel] = set()
@@ -336,15 +362,32 @@ class Engine:
             wanted.append(watch)
         return wanted
 
-    async def _load_access(self, user_ids: list[int], now: float) -> None:
-        self.stats.access_loads += 1
-        snapshot: AccessSnapshot = await self.storage.read_access(user_ids)
-        self._capabilities = snapshot.capabilities
-        for user_id, facts in snapshot.users.items():
-            self._facts[user_id] = (facts, now)
-            for waiter in self._fact_waiters.pop(user_id, []):
-                if not waiter.done():
-                    waiter.set_result(facts)
+    async def _load_access(self, user_ids: list[int], now: float, recheck: bool) -> None:
+        if user_ids:
+            self.stats.access_loads += 1
+            try:
+                snapshot: AccessSnapshot = await self.storage.read_access(user_ids)
+            except Exception:
+                if recheck:
+                    # Not a busy loop against a database that is down: back off, within
+                    # the re-check interval.
+                    self._access_retry = min(
+                        self.recheck_interval, max(0.25, self._access_retry * 2)
+                    )
+                    self._next_recheck = self.clock.monotonic() + self._access_retry
+                raise
+            self._capabilities = snapshot.capabilities
+            for user_id, facts in snapshot.users.items():
+                self._facts[user_id] = (facts, now)
+                for waiter in self._fact_waiters.pop(user_id, []):
+                    if not waiter.done():
+                        waiter.set_result(facts)
+        if recheck:
+            self._access_retry = 0.0
+            self._next_recheck = self.clock.monotonic() + self.recheck_interval
+            self._recheck_all()
+            self._prune_facts()
+        self._answer_all_pending()
 
     async def _read(self, kind: Kind, watches: list[Watch]) -> None:
         ids = [w.channel.id for w in watches]
@@ -361,6 +404,7 @@ class Engine:
                 since = self.clock.now() - timedelta(seconds=rules.WALL_RECENT_SECONDS)
                 walls = await self.storage.read_walls(ids, since, self.wall_max_runs)
                 self._apply(watches, walls, self._apply_wall)
+            self._answer_all_pending()
         except Exception:
             self.stats.read_errors += 1
             now = self.clock.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -40,6 +41,10 @@ class Service:
         self.per_user: Counter[int] = Counter()
         self.per_address: Counter[str] = Counter()
         self.draining = False
+        # A reconnect storm is admitted at a bounded rate; the rest are told to back off.
+        self._admission = protocol.RateLimiter(
+            settings.admission_rate, settings.admission_burst, time.monotonic()
+        )
         self._sessions_changed = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
@@ -128,6 +133,10 @@ class Service:
         if self.settings.allowed_origins:
             return origin in self.settings.allowed_origins
         return host is not None and origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+
+    def admit(self) -> bool:
+        """A new socket within the admission rate (OPSPUSH_ADMISSION_RATE)?"""
+        return self._admission.allow(time.monotonic())
 
     def client_address(self, websocket: WebSocket) -> str:
         if self.settings.trust_proxy:

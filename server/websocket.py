@@ -9,11 +9,11 @@ closed with the code the protocol gives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import protocol
@@ -31,6 +31,21 @@ CLOSE_TRY_AGAIN = 1013  # the database did not answer during the handshake
 CLOSE_TIMEOUT = 5.0  # how long a close handshake may take before we give up on the peer
 
 
+SERVER_SEND = "opspush.server_send"
+
+
+class KeepServerSend:
+    """ASGI middleware: keep the server's `send` in the scope before anything wraps it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
+
+
 class Session:
     """One open socket, seen by the engine as a Viewer."""
 
@@ -43,6 +58,7 @@ class Session:
         # Errors and ends are bounded by what the client may ask for; states by subscriptions.
         self.outbox = Outbox(control_limit=2 * settings.max_subscriptions + settings.rate_burst)
         self.channels: set[Channel] = set()
+        self.stalled = False  # it stopped reading: its connection is reset after the close
         self.limiter = protocol.RateLimiter(
             settings.rate_per_second, settings.rate_burst, time.monotonic()
         )
@@ -124,6 +140,7 @@ class Session:
                     await self.websocket.send_text(item)
             except TimeoutError:
                 log.info("closing a viewer that read nothing for %.0f s", timeout)
+                self.stalled = True
                 return protocol.CLOSE_TOO_MANY
             except WebSocketDisconnect:
                 return None  # the peer left while a frame was on its way: not an error
@@ -180,7 +197,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return  # the peer left during the handshake
     code: int | None = None
     with service.track_address(address) as admitted:
-        if not admitted:
+        if not admitted or not service.admit():
             code = protocol.CLOSE_TOO_MANY
         else:
             code = await _serve(websocket, service)
@@ -203,7 +220,14 @@ async def _serve(websocket: WebSocket, service: Service) -> int | None:
             )
         except WebSocketDisconnect:
             return None  # the peer left before its welcome
-        return await session.run()
+        code = await session.run()
+    if session.stalled and code is not None:
+        # Its receive window is shut: the close frame may never leave our buffer, and the
+        # connection with it. Try, then reset it rather than hold it open indefinitely.
+        await close_quietly(websocket, code)
+        _abort(websocket)
+        return None
+    return code
 
 
 async def _handshake(websocket: WebSocket, service: Service) -> Identity | int | None:
@@ -242,6 +266,27 @@ async def close_quietly(websocket: WebSocket, code: int) -> None:
     """Close if still open; a peer that is gone or stuck must not hold us up."""
     if websocket.application_state == WebSocketState.DISCONNECTED:
         return
-    with contextlib.suppress(Exception):
+    try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await websocket.close(code=code)
+    except TimeoutError:
+        # A peer that reads nothing can't take even a close frame: drop the connection.
+        _abort(websocket)
+    except Exception:  # the peer left meanwhile: nothing to close
+        pass
+
+
+def _abort(websocket: WebSocket) -> None:
+    """Reset the TCP connection under a WebSocket whose peer has stopped reading.
+
+    ASGI has no "abort"; uvicorn's protocol object (the owner of the server's own `send`,
+    kept in the scope by `KeepServerSend`) holds the transport. Without this, a socket whose
+    write buffer never drains would stay open, buffer and all, for as long as the peer
+    keeps its receive window shut.
+    """
+    protocol_object = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
+    transport = getattr(protocol_object, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        log.info("aborting the connection of a viewer that reads nothing")
+        abort()

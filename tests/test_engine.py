@@ -7,6 +7,7 @@ hands, so crossing the 10 s and 60 s boundaries takes no waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from server.channels import Channel, Kind
 from server.clock import ManualClock
-from tests.conftest import RunningServer, Viewer, step
+from tests.conftest import RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 
 
@@ -303,3 +304,52 @@ async def test_slow_viewer_does_not_delay_others_and_stays_bounded(
         assert stats.states_replaced > 0  # the slow one fell behind; its states were replaced
     finally:
         slow.close()
+
+
+async def test_a_viewer_that_reads_nothing_is_closed_and_its_connection_freed(
+    database_dsn: str, clock: ManualClock, db: Factory, viewers: list[Viewer]
+) -> None:
+    """After the send timeout the server gives up on it: 4429, then the TCP connection reset."""
+    import psutil
+
+    ws = await db.workspace()
+    user = await db.user(ws, "owner")
+    await db.execute(
+        """INSERT INTO operation_runs (workspace_id, type, status, summary_counts, failure_summary)
+           SELECT $1, 'bulk.' || g, 'running', '{"total": 100, "processed": 1}',
+                  jsonb_build_array(jsonb_build_object('code', 'x', 'message', repeat('m', 900)))
+           FROM generate_series(1, 400) g""",
+        ws,
+    )
+    target = await db.run(ws, status="running", created_at=clock.now())
+    async with running_server(database_dsn, clock=clock, send_timeout=0.5) as server:
+        slow = await raw_viewer(server, user, [{"op": "subscribe", "ch": f"operations:{ws}"}])
+        local_port = slow.getsockname()[1]
+
+        def server_side_open() -> bool:
+            return any(
+                c.laddr and c.raddr and c.laddr.port == server.port and c.raddr.port == local_port
+                for c in psutil.Process().net_connections(kind="tcp")
+            )
+
+        try:
+            await server.service.wait_sessions(bool)
+            assert server_side_open()
+            processed = 1
+            async with asyncio.timeout(30):
+                while server.service.sessions:  # each step sends it another ~500 KB wall
+                    processed += 1
+                    await db.update_run(
+                        target, summary_counts={"total": 100, "processed": processed}
+                    )
+                    await step(server, clock, 1.0)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            await server.service.wait_sessions(lambda sessions: not sessions)
+            assert not server.engine.watches and not server.service.per_user
+            async with asyncio.timeout(10):
+                # Reset by the server, not left to the kernel; sockets offer no event to await.
+                while server_side_open():  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        finally:
+            slow.close()

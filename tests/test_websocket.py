@@ -433,3 +433,33 @@ async def test_fresh_reads_are_shared_and_counted_by_the_database(
     # Three changes, each seen by 50 viewers, from a handful of reads (one per second).
     assert 3 <= engine_reads <= 12
     assert db_reads == engine_reads
+
+
+async def test_reconnect_storm_is_admitted_at_a_bounded_rate(
+    database_dsn: str, db: Factory
+) -> None:
+    user = await db.user()
+    async with running_server(database_dsn, admission_rate=0.01, admission_burst=3) as gated:
+        admitted = [await gated.connect(user) for _ in range(3)]
+        try:
+            async with websockets.connect(gated.ws_url) as refused:
+                assert await Viewer(refused).closed() == 4429  # back off, then come back
+        finally:
+            for viewer in admitted:
+                await viewer.close()
+
+
+async def test_debug_logs_never_hold_tokens(
+    database_dsn: str, db: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = await db.user()
+    caplog.set_level("DEBUG")
+    async with running_server(database_dsn, log_level="debug") as verbose:
+        viewer = await verbose.connect(user)
+        await viewer.send({"op": "subscribe", "ch": "run:1"})
+        await viewer.recv()
+        await viewer.close()
+        token = verbose.token(user)
+    signature = token.rsplit(".", 1)[1]
+    assert caplog.records, "debug logging captured nothing: the test would prove nothing"
+    assert not [r for r in caplog.records if signature in r.getMessage()]

@@ -273,12 +273,9 @@ async def test_slow_query_is_not_queued_behind(database_dsn: str, db: Factory, r
 WAKES = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: one tick reads every kind together, so a slow query of one kind "
-    "holds back the other kinds until it ends (at most the 10 s query timeout)",
-)
-async def test_slow_database_does_not_stall_other_channels(database_dsn: str, db: Factory) -> None:
+async def test_slow_database_does_not_stall_other_channels(
+    database_dsn: str, db: Factory, record: Any
+) -> None:
     workspace = await db.workspace()
     user = await db.user(workspace, "owner")
     tenant = await db.tenant(workspace)
@@ -323,3 +320,10 @@ async def test_slow_database_does_not_stall_other_channels(database_dsn: str, db
                 logs.assert_clean()
     finally:
         await locker.close()
+    record(
+        "fault",
+        "one kind's query hangs on a lock while another kind's viewers watch changes",
+        3,
+        "the other kind kept its cadence (each change arrived) while the stuck read ran; "
+        "the card recovered with the final state; no ERROR log",
+    )
