@@ -75,6 +75,14 @@ async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
         await admin.close()
     dsn = with_database(admin_dsn, name)
     await migrate(dsn)
+    connection = await asyncpg.connect(dsn)
+    try:  # the database's own statement counts, where the server preloads the module
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await connection.fetchval("SELECT count(*) FROM pg_stat_statements")
+    except asyncpg.PostgresError:
+        await connection.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
+    finally:
+        await connection.close()
     try:
         yield dsn
     finally:
