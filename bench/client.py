@@ -170,6 +170,7 @@ class Viewer:
         self.ready = asyncio.get_running_loop().create_future()
         self.ended = False
         self.last_seq: int | None = None
+        self.interval: float | None = None  # polling: the interval of the last answer
         self.source = f"127.0.0.{2 + index % 200}"
 
     def channel(self) -> str | None:
@@ -304,6 +305,7 @@ class Viewer:
             answer = json.loads(body)
             self.observe(seq_of(ch, answer["data"]))
             interval = answer["interval"]
+            self.interval = interval
             if interval is None:  # terminal: the page stops polling; the user opens the next
                 ch = await self.next_channel(ch)
                 continue
@@ -435,6 +437,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 "errors": s.errors,
                 "closes": s.closes,
                 "open_sockets": open_sockets,
+                # What the viewers ask for at the interval rules, whether served or not.
+                "offered_per_s": sum(1.0 / v.interval for v in viewers if v.interval),
             }
         ),
         flush=True,

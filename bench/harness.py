@@ -228,11 +228,14 @@ def top_statements(before: dict[str, Any], after: dict[str, Any], seconds: float
 
 def metrics(port: int) -> dict[str, float]:
     totals: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return totals
+    text = ""
+    for _ in range(3):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as answer:
+                text = answer.read().decode()
+            break
+        except OSError:
+            continue
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
@@ -339,6 +342,7 @@ class Scenario:
             OPSPUSH_NOTIFY="1" if self.mode == "notify" else "0",
             OPSPUSH_MAX_CONNECTIONS_PER_USER="0",
             OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS="0",
+            OPSPUSH_ADMISSION_RATE="0",  # the load connects all at once, on purpose
             OPSPUSH_RATE_LIMIT="20",
             OPSPUSH_LOG_LEVEL="warning",
         )
@@ -502,6 +506,7 @@ class Scenario:
             "tick_lag_max_s": m1.get("opspush_tick_lag_max_seconds"),
             "states_received_per_s": sum(s["states"] for s in summaries) / max(elapsed, 1e-9),
             "http_requests_per_s": sum(s["requests"] for s in summaries) / elapsed,
+            "http_offered_per_s": sum(s.get("offered_per_s", 0.0) for s in summaries),
             "latency_samples": len(lat),
             "latency_missed": sum(s["missed"] for s in summaries),
             "p50_ms": pct(50),

@@ -33,7 +33,7 @@ def _ms(value: float | None) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| viewers | runs | mode | DB stmt/s | server CPU (cores) | server RSS (MB) "
-        "| KB/socket | p50 | p95 | p99 | states pushed/s | replaced/s | HTTP req/s "
+        "| KB/socket | p50 | p95 | p99 | states pushed/s | replaced/s | HTTP req/s (of offered) "
         "| client CPU (cores) | PostgreSQL CPU |\n"
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
@@ -47,13 +47,15 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         poll = r["mode"] == "poll"
         req = r["http_requests_per_s"] if poll else None
+        offered = r.get("http_offered_per_s") if poll else None
         rows.append(
             f"| {r['viewers']:,} | {r['runs']:,} | {MODE_NAMES[r['mode']]} "
             f"| {_f(r['db_statements_per_s'])} | {_f(r['server_cpu'], 2)} "
             f"| {_f(r['server_rss_mb'], 0)} | {_f(r['kb_per_socket'])} "
             f"| {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} "
             f"| {'–' if poll else _f(r['states_pushed_per_s'])} "
-            f"| {'–' if poll else _f(r['states_replaced_per_s'], 2)} | {_f(req)} "
+            f"| {'–' if poll else _f(r['states_replaced_per_s'], 2)} "
+            f"| {_f(req)}{f' of {_f(offered)}' if offered else ''} "
             f"| {_f(r['client_cpu'], 2)} | {_f(r['postgres_cpu'], 2)} |"
         )
     return head + "\n".join(rows) + "\n"
