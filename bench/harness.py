@@ -357,6 +357,10 @@ class Scenario:
             server_ps = psutil.Process(server.pid)
             await asyncio.sleep(1.0)
             rss_base = server_ps.memory_info().rss
+            with contextlib.suppress(psutil.Error, AttributeError):
+                fd_limit = server_ps.rlimit(psutil.RLIMIT_NOFILE)[0]
+                if fd_limit < self.n + 100:
+                    log(f"  the server may open only {fd_limit} files: fewer than the sockets")
             writer = self.spawn(
                 [
                     "-m",

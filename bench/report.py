@@ -46,6 +46,10 @@ def table(results: list[dict[str, Any]]) -> str:
             )
             continue
         poll = r["mode"] == "poll"
+        # /metrics could not be read (a server at its open-file limit accepts nothing more).
+        blind = r.get("tick_lag_max_s") is None
+        pushed = "n/a†" if blind else _f(r["states_pushed_per_s"])
+        replaced = "n/a†" if blind else _f(r["states_replaced_per_s"], 2)
         req = r["http_requests_per_s"] if poll else None
         offered = r.get("http_offered_per_s") if poll else None
         rows.append(
@@ -53,12 +57,22 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_f(r['db_statements_per_s'])} | {_f(r['server_cpu'], 2)} "
             f"| {_f(r['server_rss_mb'], 0)} | {_f(r['kb_per_socket'])} "
             f"| {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} "
-            f"| {'–' if poll else _f(r['states_pushed_per_s'])} "
-            f"| {'–' if poll else _f(r['states_replaced_per_s'], 2)} "
+            f"| {'–' if poll else pushed} "
+            f"| {'–' if poll else replaced} "
             f"| {_f(req)}{f' of {_f(offered)}' if offered else ''} "
             f"| {_f(r['client_cpu'], 2)} | {_f(r['postgres_cpu'], 2)} |"
         )
-    return head + "\n".join(rows) + "\n"
+    notes = []
+    if any(
+        r.get("tick_lag_max_s") is None and r["mode"] != "poll"
+        for r in results
+        if "failed" not in r
+    ):
+        notes.append(
+            "\n† /metrics did not answer: the server process was at its open-file limit "
+            "(RLIMIT_NOFILE; 20,000 sockets need more than 20,000 descriptors)."
+        )
+    return head + "\n".join(rows) + "\n" + "".join(notes) + "\n"
 
 
 def ratios(results: list[dict[str, Any]]) -> str:
