@@ -21,6 +21,7 @@ from .clock import Clock
 from .config import Settings
 from .http_api import review_pack_endpoint, run_endpoint
 from .service import Service
+from .tasks import cancel_and_wait
 from .websocket import KeepServerSend, websocket_endpoint
 
 
@@ -61,10 +62,7 @@ def create_app(
                     background = asyncio.create_task(job, name="opspush-background")
             yield
         finally:
-            if background is not None:
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+            await cancel_and_wait(background)
             await service.stop()
 
     async def healthz(request: Request) -> Response:

@@ -31,6 +31,7 @@ from .clock import Clock, SystemClock
 from .outbox import Outbox
 from .stats import EngineStats
 from .storage import AccessSnapshot, Row, Storage
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("opspush.engine")
 
@@ -127,10 +128,7 @@ class Engine:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         inflight = list(self._inflight.values())
         for job in inflight:
             job.cancel()

@@ -19,6 +19,7 @@ import asyncpg
 
 from . import notifications
 from .engine import Engine
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("opspush.listener")
 
@@ -49,10 +50,7 @@ class Listener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None

@@ -53,6 +53,18 @@ async def raw_viewer(
     return sock
 
 
+async def heavy_wall(db: Factory, workspace_id: int, message_size: int) -> None:
+    """400 running runs whose failure messages make every wall state large."""
+    await db.execute(
+        """INSERT INTO operation_runs (workspace_id, type, status, summary_counts, failure_summary)
+           SELECT $1, 'bulk.' || g, 'running', '{"total": 100, "processed": 1}',
+                  jsonb_build_array(jsonb_build_object('code', 'x', 'message', repeat('m', $2)))
+           FROM generate_series(1, 400) g""",
+        workspace_id,
+        message_size,
+    )
+
+
 async def sync(viewer: Viewer) -> None:
     """Wait until the server has handled every frame sent so far (frames are handled in order)."""
     await viewer.send({"op": "sync"})
@@ -277,13 +289,7 @@ async def test_slow_viewer_does_not_delay_others_and_stays_bounded(
     """A viewer that never reads: the others get every state; it holds one pending state."""
     ws = await db.workspace()
     user = await db.user(ws, "owner")
-    await db.execute(
-        """INSERT INTO operation_runs (workspace_id, type, status, summary_counts, failure_summary)
-           SELECT $1, 'bulk.' || g, 'running', '{"total": 100, "processed": 1}',
-                  jsonb_build_array(jsonb_build_object('code', 'x', 'message', repeat('m', 300)))
-           FROM generate_series(1, 400) g""",
-        ws,
-    )
+    await heavy_wall(db, ws, message_size=300)
     target = await db.run(ws, status="running", created_at=clock.now())
     # The slow viewer: a socket with a tiny receive window that never reads after hello.
     slow = await raw_viewer(manual, user, [{"op": "subscribe", "ch": f"operations:{ws}"}])
@@ -314,13 +320,7 @@ async def test_a_viewer_that_reads_nothing_is_closed_and_its_connection_freed(
 
     ws = await db.workspace()
     user = await db.user(ws, "owner")
-    await db.execute(
-        """INSERT INTO operation_runs (workspace_id, type, status, summary_counts, failure_summary)
-           SELECT $1, 'bulk.' || g, 'running', '{"total": 100, "processed": 1}',
-                  jsonb_build_array(jsonb_build_object('code', 'x', 'message', repeat('m', 900)))
-           FROM generate_series(1, 400) g""",
-        ws,
-    )
+    await heavy_wall(db, ws, message_size=900)
     target = await db.run(ws, status="running", created_at=clock.now())
     async with running_server(database_dsn, clock=clock, send_timeout=0.5) as server:
         slow = await raw_viewer(server, user, [{"op": "subscribe", "ch": f"operations:{ws}"}])
