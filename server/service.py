@@ -64,7 +64,7 @@ class Service:
     def storage(self) -> Storage:
         return self.engine.storage
 
-    async def start(self, *, run_engine: bool = True) -> None:
+    async def start(self) -> None:
         self._pool = await create_pool(self.dsn, self.settings.pool_size)
         self._engine = Engine(
             Storage(self._pool),
@@ -73,8 +73,7 @@ class Service:
             wall_max_runs=self.settings.wall_max_runs,
             stats=self.stats,
         )
-        if run_engine:
-            self._engine.start()
+        self._engine.start()
         if self.settings.notify:
             self.listener = Listener(self.dsn, self._engine, window=self.settings.notify_window)
             self.listener.start()
