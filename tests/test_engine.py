@@ -289,7 +289,7 @@ async def test_slow_viewer_does_not_delay_others_and_stays_bounded(
     """A viewer that never reads: the others get every state; it holds one pending state."""
     ws = await db.workspace()
     user = await db.user(ws, "owner")
-    await heavy_wall(db, ws, message_size=300)
+    await heavy_wall(db, ws, message_size=900)
     target = await db.run(ws, status="running", created_at=clock.now())
     # The slow viewer: a socket with a tiny receive window that never reads after hello.
     slow = await raw_viewer(manual, user, [{"op": "subscribe", "ch": f"operations:{ws}"}])
