@@ -286,15 +286,18 @@ class Engine:
         """Start the reads and the access load due now; never wait for the database here."""
         now = self.clock.monotonic()
         started = []
-        by_kind: dict[Kind, list[Watch]] = {}
-        for watch in self._due_watches(now):
-            by_kind.setdefault(watch.channel.kind, []).append(watch)
-        for kind, watches in by_kind.items():
+        by_kind: dict[Kind, list[tuple[Watch, bool]]] = {}
+        for watch, forced in self._due_watches(now):
+            by_kind.setdefault(watch.channel.kind, []).append((watch, forced))
+        for kind, due in by_kind.items():
             if kind in self._inflight:
                 # The previous read of this kind is still running (a slow database): these
-                # are read right after it, rather than queued as a second statement behind it.
-                self._forced.update(watch.channel for watch in watches)
+                # are looked at again right after it, rather than queued behind it; a
+                # newcomer's channel that read made fresh needs no read of its own.
+                for watch, forced in due:
+                    (self._forced if forced else self._attention).add(watch.channel)
                 continue
+            watches = [watch for watch, _ in due]
             started.append(self._spawn(kind, self._read(kind, watches)))
 
         recheck = now >= self._next_recheck
@@ -336,7 +339,8 @@ class Engine:
             elif watch.read_at is not None:
                 self._answer_pending(watch)
 
-    def _due_watches(self, now: float) -> list[Watch]:
+    def _due_watches(self, now: float) -> list[tuple[Watch, bool]]:
+        """The watches to read now, each with whether it must be read even if fresh."""
         scheduled: set[Channel] = set()
         while self._heap and self._heap[0][0] <= now:
             when, _, channel = heapq.heappop(self._heap)
@@ -357,7 +361,7 @@ class Engine:
                 continue  # everyone paused: no reads on their behalf; resume reads at once
             if channel not in forced and self._fresh(watch):
                 continue  # a newcomer to a live channel is served from memory
-            wanted.append(watch)
+            wanted.append((watch, channel in forced))
         return wanted
 
     async def _load_access(self, user_ids: list[int], now: float, recheck: bool) -> None:
@@ -388,20 +392,21 @@ class Engine:
         self._answer_all_pending()
 
     async def _read(self, kind: Kind, watches: list[Watch]) -> None:
+        issued = self.clock.monotonic()  # the state read is as of now, however long it takes
         ids = [w.channel.id for w in watches]
         self.stats.reads[kind] += 1
         self.stats.channel_reads[kind] += len(ids)
         try:
             if kind is Kind.RUN:
                 runs = await self.storage.read_runs(ids)
-                self._apply(watches, runs, self._apply_run)
+                self._apply(watches, runs, self._apply_run, issued)
             elif kind is Kind.REVIEW_PACK:
                 cards = await self.storage.read_pack_cards(ids)
-                self._apply(watches, cards, self._apply_card)
+                self._apply(watches, cards, self._apply_card, issued)
             else:
                 since = self.clock.now() - timedelta(seconds=rules.WALL_RECENT_SECONDS)
                 walls = await self.storage.read_walls(ids, since, self.wall_max_runs)
-                self._apply(watches, walls, self._apply_wall)
+                self._apply(watches, walls, self._apply_wall, issued)
             self._answer_all_pending()
         except Exception:
             self.stats.read_errors += 1
@@ -412,8 +417,11 @@ class Engine:
                 self._schedule(watch, now + watch.retry_delay)
             raise
 
-    def _apply(self, watches: list[Watch], found: Mapping[int, Any], apply: Any) -> None:
-        now = self.clock.monotonic()
+    def _apply(
+        self, watches: list[Watch], found: Mapping[int, Any], apply: Any, issued: float
+    ) -> None:
+        """Take in a read issued at `issued`: the next one is due an interval after that."""
+        now = issued
         for watch in watches:
             if self.watches.get(watch.channel) is not watch:
                 continue  # everyone left while the query ran
