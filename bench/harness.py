@@ -48,11 +48,6 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
-def notify_available() -> bool:
-    """The LISTEN/NOTIFY mode (issue 4) is in the server: OPSPUSH_NOTIFY=1 means something."""
-    return any("LISTEN" in path.read_text() for path in (ROOT / "server").glob("*.py"))
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -563,9 +558,6 @@ async def main_async(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # a harness, not the server
     modes = [m for m in args.modes.split(",") if m]
-    if "notify" in modes and not notify_available() and not args.force_notify:
-        log("notify mode is not in the server yet (no LISTEN/NOTIFY): skipping it")
-        modes.remove("notify")
     sizes = [int(s) for s in args.scenarios.split(",") if s]
     results: list[dict[str, Any]] = []
     began = time.time()
@@ -615,11 +607,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="ticks,notify,poll",
         help="ticks (push, interval reads only), notify (push with "
         "LISTEN/NOTIFY), poll (HTTP polling at the interval rules)",
-    )
-    parser.add_argument(
-        "--force-notify",
-        action="store_true",
-        help="run the notify mode even if the server seems not to have it",
     )
     parser.add_argument("--duration", type=float, default=25.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0)

@@ -77,9 +77,6 @@ class Watch:
     wall_frames: dict[int, tuple[bytes, str]] = field(default_factory=dict)
     retry_delay: float = 0.0
 
-    def users(self) -> set[int]:
-        return {viewer.user_id for viewer in self.subs}
-
 
 def _digest(data_json: str) -> bytes:
     return hashlib.blake2b(data_json.encode(), digest_size=16).digest()

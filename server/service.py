@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,8 +26,6 @@ from .storage import Storage, create_pool
 
 if TYPE_CHECKING:
     from .websocket import Session
-
-log = logging.getLogger("opspush.service")
 
 
 class Service:
