@@ -28,7 +28,6 @@ from array import array
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
@@ -42,10 +41,6 @@ MODES = ("ticks", "notify", "poll")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 def free_port() -> int:
@@ -76,23 +71,9 @@ def postgres(work: Path) -> Any:
 
 
 async def prepare_database(admin_dsn: str) -> str:
-    from server.migrations import migrate
+    from server.migrations import create_database
 
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, BENCH_DB)
-    await migrate(dsn)
-    connection = await asyncpg.connect(dsn)
-    try:
-        with contextlib.suppress(asyncpg.PostgresError):
-            await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    finally:
-        await connection.close()
-    return dsn
+    return await create_database(admin_dsn, BENCH_DB, replace=True)
 
 
 async def seed(dsn: str, args: argparse.Namespace, viewers: int) -> dict[str, Any]:

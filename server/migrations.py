@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -72,3 +73,34 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
             await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
         await connection.close()
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server's URL, for another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def create_database(admin_dsn: str, name: str, *, replace: bool = False) -> str:
+    """Create a database beside `admin_dsn`'s, migrate it, and return its URL (tests, bench).
+
+    `pg_stat_statements` is enabled in it where the server preloads the module, so that the
+    database's own statement counts can be read there.
+    """
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if replace:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = with_database(admin_dsn, name)
+    await migrate(dsn)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await connection.fetchval("SELECT count(*) FROM pg_stat_statements")
+    except asyncpg.PostgresError:  # not preloaded on this server
+        await connection.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
+    finally:
+        await connection.close()
+    return dsn

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -31,18 +30,13 @@ from server.auth import mint_token
 from server.clock import Clock, ManualClock
 from server.config import Settings
 from server.engine import Engine
-from server.migrations import migrate
+from server.migrations import create_database
 from server.runner import uvicorn_config
 from server.service import Service
 from server.storage import create_pool
 from tests.factories import Factory
 
 SECRET = "opspush-test-secret-0123456789abcdef"
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -68,21 +62,7 @@ def postgres_server() -> Iterator[dict[str, Any]]:
 async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
     admin_dsn = postgres_server["dsn"]
     name = f"opspush_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, name)
-    await migrate(dsn)
-    connection = await asyncpg.connect(dsn)
-    try:  # the database's own statement counts, where the server preloads the module
-        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        await connection.fetchval("SELECT count(*) FROM pg_stat_statements")
-    except asyncpg.PostgresError:
-        await connection.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
-    finally:
-        await connection.close()
+    dsn = await create_database(admin_dsn, name)
     try:
         yield dsn
     finally:
