@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from starlette.websockets import WebSocket
@@ -141,35 +141,37 @@ class Service:
                 return forwarded.split(",")[0].strip()
         return websocket.client.host if websocket.client else "unknown"
 
-    @contextlib.contextmanager
-    def track_address(self, address: str) -> Iterator[bool]:
-        limit = self.settings.max_connections_per_address
-        admitted = not limit or self.per_address[address] < limit
-        if admitted:
-            self.per_address[address] += 1
-        try:
-            yield admitted
-        finally:
-            if admitted:
-                self.per_address[address] -= 1
-                if not self.per_address[address]:
-                    del self.per_address[address]
+    def track_address(self, address: str) -> contextlib.AbstractContextManager[bool]:
+        """A place for one more socket from this address, if its limit allows."""
+        return _counted(self.per_address, address, self.settings.max_connections_per_address)
 
     @contextlib.contextmanager
     def track_session(self, session: Session) -> Iterator[bool]:
+        """A place for one more socket of this user, if its limit allows."""
         limit = self.settings.max_connections_per_user
-        user_id = session.user_id
-        admitted = not limit or self.per_user[user_id] < limit
-        if admitted:
-            self.per_user[user_id] += 1
+        with _counted(self.per_user, session.user_id, limit) as admitted:
+            if not admitted:
+                yield False
+                return
             self.sessions.add(session)
             self._sessions_changed.set()
-        try:
-            yield admitted
-        finally:
-            if admitted:
+            try:
+                yield True
+            finally:
                 self.sessions.discard(session)
                 self._sessions_changed.set()
-                self.per_user[user_id] -= 1
-                if not self.per_user[user_id]:
-                    del self.per_user[user_id]
+
+
+@contextlib.contextmanager
+def _counted(counts: Counter[Any], key: Any, limit: int) -> Iterator[bool]:
+    """Count one holder of `key` while the block runs, unless `limit` (0: none) is reached."""
+    admitted = not limit or counts[key] < limit
+    if admitted:
+        counts[key] += 1
+    try:
+        yield admitted
+    finally:
+        if admitted:
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
