@@ -104,17 +104,18 @@ class Session:
                 return None
             text = message.get("text")
             if text is None:
-                data = message.get("bytes") or b""
-                if len(data) > max_bytes:
+                if len(message.get("bytes") or b"") > max_bytes:
                     return protocol.CLOSE_TOO_BIG
-                self._error(None, "bad_request", "frames must be UTF-8 JSON text")
-                continue
-            if len(text) > max_bytes and len(text.encode()) > max_bytes:
+            elif len(text) > max_bytes and len(text.encode()) > max_bytes:
                 return protocol.CLOSE_TOO_BIG
+            # Every frame counts, text or binary: a flood of either is the same flood.
             if not self.limiter.allow(time.monotonic()):
                 if self.limiter.exhausted:
                     return protocol.CLOSE_TOO_MANY
                 self._error(None, "rate_limited", "too many frames; slow down")
+                continue
+            if text is None:
+                self._error(None, "bad_request", "frames must be UTF-8 JSON text")
                 continue
             try:
                 self._handle(protocol.parse_frame(text))

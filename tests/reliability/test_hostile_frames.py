@@ -7,9 +7,11 @@ server log as an unhandled exception; another viewer sees no effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import string
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -428,6 +430,50 @@ async def test_hello_twice_and_subscribe_flood(database_dsn: str, db: Factory, r
         "subscribe flood past the rate limit (up to 2000 frames)",
         1,
         "`rate_limited` errors, then close 4429; other viewers unaffected; no leak",
+    )
+
+
+async def test_binary_frame_flood_is_rate_limited(
+    database_dsn: str, db: Factory, record: Any
+) -> None:
+    """Binary frames count toward the rate limit like text ones (the review's finding 3)."""
+    workspace = await db.workspace()
+    user = await db.user(workspace, "owner")
+    run = await db.run(workspace, status="running")
+    async with running_server(database_dsn) as server:
+        other = await server.connect(user)
+        assert (await other.subscribe(f"run:{run}"))["type"] == "state"
+        before = counts(server)
+        with watch_logs() as logs:
+            viewer = await server.connect(user)
+            sent = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while sent < 2500:
+                    await viewer.connection.send(b"\x00")
+                    sent += 1
+            answers: Counter[str] = Counter()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    answers[(await viewer.recv())["code"]] += 1
+            assert viewer.connection.close_code == protocol.CLOSE_TOO_MANY
+            assert set(answers) == {"bad_request", "rate_limited"}, answers
+            # Past the burst every frame is refused: no more than burst + a refill of them
+            # were answered `bad_request`; the rest of the flood never reached the parser.
+            burst = server.settings.rate_burst
+            assert answers["bad_request"] < sent and answers["rate_limited"] >= burst, answers
+            print(f"binary flood: {sent} sent, {dict(answers)}, close 4429")
+            await db.update_run(run, summary_counts={"total": 4, "processed": 1})
+            state = await other.until(lambda f: f.get("data", {}).get("progress") == 0.25)
+            assert state["ch"] == f"run:{run}"
+            logs.assert_clean()
+        await other.close()
+        await assert_no_leak(server, before)
+    record(
+        "hostile",
+        "binary frame flood: 2,500 one-byte binary frames as fast as they go",
+        1,
+        "`bad_request` up to the burst, then `rate_limited` errors, then close 4429 (binary "
+        "frames count like text); other viewers unaffected; no leak",
     )
 
 
