@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
@@ -17,12 +18,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import metrics
+from .channels import valid_id
 from .clock import Clock
 from .config import Settings
-from .http_api import review_pack_endpoint, run_endpoint
+from .headers import SecurityHeaders
+from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
 from .service import Service
 from .tasks import cancel_and_wait
 from .websocket import KeepServerSend, websocket_endpoint
+
+register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (http_api.py)
 
 
 def static_dir() -> Path:
@@ -74,10 +79,16 @@ def create_app(
         return PlainTextResponse("database unavailable", status_code=503)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if not metrics.authorized(request.headers.get("authorization"), settings.metrics_token):
+            return PlainTextResponse(
+                "unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
     def page(name: str) -> Route:
         async def endpoint(request: Request) -> Response:
+            if not all(valid_id(value) for value in request.path_params.values()):
+                return PlainTextResponse("Not Found", status_code=404)
             return FileResponse(pages / name, headers={"Cache-Control": "no-cache"})
 
         return endpoint  # type: ignore[return-value]
@@ -87,13 +98,17 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
-        Route("/api/runs/{run_id:int}", run_endpoint),
-        Route("/api/tenants/{tenant_id:int}/review-pack", review_pack_endpoint),
-        Route("/runs/{run_id:int}", page("run.html")),
-        Route("/tenants/{tenant_id:int}/review-pack", page("review-pack.html")),
-        Route("/wall/{workspace_id:int}", page("wall.html")),
+        Route("/api/runs/{run_id:id}", run_endpoint),
+        Route("/api/tenants/{tenant_id:id}/review-pack", review_pack_endpoint),
+        Route("/runs/{run_id:id}", page("run.html")),
+        Route("/tenants/{tenant_id:id}/review-pack", page("review-pack.html")),
+        Route("/wall/{workspace_id:id}", page("wall.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeepServerSend)])
+    middleware = [
+        Middleware(KeepServerSend),
+        Middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.service = service
     return app

@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import jwt
 
 ALGORITHM = "HS256"
+DEFAULT_MAX_TTL: Final = 24 * 3600.0  # OPSPUSH_MAX_TOKEN_TTL
+CLOCK_SKEW_LEEWAY: Final = 30.0  # seconds an `iat`/`nbf` may lie in our future
+MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime holds
 
 
 class InvalidToken(Exception):
@@ -25,31 +29,71 @@ class Identity:
         return datetime.fromtimestamp(self.expires_at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def verify_token(token: str, secret: str, now: float | None = None) -> Identity:
+def verify_token(
+    token: str,
+    secret: str,
+    now: float | None = None,
+    *,
+    max_ttl: float = DEFAULT_MAX_TTL,
+    leeway: float = CLOCK_SKEW_LEEWAY,
+) -> Identity:
+    """The identity a token names, or InvalidToken.
+
+    `exp` is exact (protocol.md); `iat` and `nbf` may be up to `leeway` seconds in the
+    future (the host's clock may run ahead of ours); a token may live at most `max_ttl`
+    seconds (`exp - iat`, or `exp - now` without `iat`).
+    """
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],  # never "none", never what the token asks for
-            options={"require": ["sub", "exp"], "verify_exp": False},
+            # Time claims are checked below, as numbers, against the injectable clock.
+            options={
+                "require": ["sub", "exp"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except (jwt.PyJWTError, UnicodeEncodeError) as error:  # "\ud800" is valid JSON, not UTF-8
         raise InvalidToken(type(error).__name__) from None
-    # Expiry and not-before are checked here, against the injectable clock, with no leeway.
     now = time.time() if now is None else now
-    exp = claims["exp"]
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp <= now:
+    exp = _timestamp(claims, "exp")
+    assert exp is not None  # required above
+    if exp <= now:
         raise InvalidToken("expired")
-    nbf = claims.get("nbf")
-    if nbf is not None and (isinstance(nbf, bool) or not isinstance(nbf, int | float) or nbf > now):
+    nbf = _timestamp(claims, "nbf")
+    if nbf is not None and nbf > now + leeway:
         raise InvalidToken("not yet valid")
+    iat = _timestamp(claims, "iat")
+    if iat is not None and iat > now + leeway:
+        raise InvalidToken("issued in the future")
+    if exp - (now if iat is None else iat) > max_ttl:
+        raise InvalidToken("lives longer than the maximum token lifetime")
     sub = claims["sub"]
     if not isinstance(sub, str) or not sub.isascii() or not sub.isdigit() or len(sub) > 18:
         raise InvalidToken("sub must be a numeric string")
     user_id = int(sub)
     if user_id < 1:
         raise InvalidToken("sub must be a positive user id")
-    return Identity(user_id=user_id, expires_at=float(exp))
+    return Identity(user_id=user_id, expires_at=exp)
+
+
+def _timestamp(claims: dict[str, Any], name: str) -> float | None:
+    """A time claim as a finite number of UNIX seconds in 0..MAX_TIMESTAMP, or InvalidToken.
+
+    JSON numbers reach us as int (of any size) or float (NaN and Infinity included, which
+    Python's json accepts); the range check comes first, so neither is ever converted.
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"{name} must be a number")
+    if not 0 <= value <= MAX_TIMESTAMP:  # False for NaN too
+        raise InvalidToken(f"{name} out of range")
+    return float(value)
 
 
 def mint_token(user_id: int, secret: str, ttl: float = 3600.0, now: float | None = None) -> str:

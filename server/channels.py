@@ -17,6 +17,11 @@ MAX_ID: Final = 2**63 - 1  # PostgreSQL bigint
 MAX_CHANNEL_LENGTH: Final = 64
 
 
+def valid_id(number: int) -> bool:
+    """An id any table can hold: 1..2^63-1 (larger ones would fail the query, not match)."""
+    return 1 <= number <= MAX_ID
+
+
 class ChannelError(ValueError):
     """A channel name that cannot be watched; `code` is the protocol's error code."""
 
@@ -54,6 +59,6 @@ def parse_channel(name: object) -> Channel:
     if not sep or not id_text.isascii() or not id_text.isdigit():
         raise ChannelError("bad_request", "a channel id must be a positive integer")
     number = int(id_text)
-    if number < 1 or number > MAX_ID:
+    if not valid_id(number):
         raise ChannelError("bad_request", "channel id out of range")
     return Channel(kind, number)

@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 from urllib.parse import urlsplit
 
+from .proxy import Network
+
 MIN_SECRET_LENGTH: Final = 32
+MIN_METRICS_TOKEN_LENGTH: Final = 16
 
 
 class ConfigError(ValueError):
@@ -32,8 +37,9 @@ class Settings:
     max_subscriptions: int = 100
     rate_per_second: float = 20.0
     rate_burst: int = 100
-    max_connections_per_user: int = 0  # 0: unlimited
-    max_connections_per_address: int = 0
+    # A wall display and a few tabs on two devices; an office behind one NAT (README). 0: off.
+    max_connections_per_user: int = 20
+    max_connections_per_address: int = 500
     admission_rate: float = 500.0  # new sockets per second per process; 0: unlimited
     admission_burst: int = 1000
     hello_timeout: float = 10.0
@@ -44,7 +50,11 @@ class Settings:
     notify_window: float = 0.02  # notifications arriving this close together share a read
     drain_seconds: float = 10.0
     wall_max_runs: int = 500
-    trust_proxy: bool = False  # take the client address from X-Forwarded-For
+    # Proxies whose X-Forwarded-For is believed (empty: none; the peer is the client).
+    trusted_proxies: tuple[Network, ...] = ()
+    max_token_ttl: int = 24 * 3600  # tokens that live longer are refused
+    metrics_token: str | None = None  # None: /metrics is open (keep it internal)
+    frame_ancestors: str = "'none'"  # CSP frame-ancestors of the pages
     log_level: str = "info"
 
     @classmethod
@@ -73,10 +83,18 @@ class Settings:
             rate_per_second=_float(env, "OPSPUSH_RATE_LIMIT", defaults.rate_per_second, 0),
             rate_burst=_int(env, "OPSPUSH_RATE_BURST", defaults.rate_burst, 1, 1_000_000),
             max_connections_per_user=_int(
-                env, "OPSPUSH_MAX_CONNECTIONS_PER_USER", 0, 0, 10_000_000
+                env,
+                "OPSPUSH_MAX_CONNECTIONS_PER_USER",
+                defaults.max_connections_per_user,
+                0,
+                10_000_000,
             ),
             max_connections_per_address=_int(
-                env, "OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS", 0, 0, 10_000_000
+                env,
+                "OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS",
+                defaults.max_connections_per_address,
+                0,
+                10_000_000,
             ),
             admission_rate=_float(env, "OPSPUSH_ADMISSION_RATE", defaults.admission_rate, 0),
             admission_burst=_int(
@@ -92,7 +110,12 @@ class Settings:
             notify_window=_float(env, "OPSPUSH_NOTIFY_WINDOW", defaults.notify_window, 0, 5),
             drain_seconds=_float(env, "OPSPUSH_DRAIN_SECONDS", defaults.drain_seconds, 0),
             wall_max_runs=_int(env, "OPSPUSH_WALL_MAX_RUNS", defaults.wall_max_runs, 1, 100_000),
-            trust_proxy=_bool(env, "OPSPUSH_TRUST_PROXY", defaults.trust_proxy),
+            trusted_proxies=_proxies(env.get("OPSPUSH_TRUST_PROXY", "")),
+            max_token_ttl=_int(
+                env, "OPSPUSH_MAX_TOKEN_TTL", defaults.max_token_ttl, 60, 366 * 24 * 3600
+            ),
+            metrics_token=_metrics_token(env.get("OPSPUSH_METRICS_TOKEN", "")),
+            frame_ancestors=_frame_ancestors(env.get("OPSPUSH_FRAME_ANCESTORS", "")),
             log_level=_choice(
                 env, "OPSPUSH_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")
             ),
@@ -128,6 +151,66 @@ def _origins(value: str) -> frozenset[str]:
             )
         origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
     return frozenset(origins)
+
+
+def _proxies(value: str) -> tuple[Network, ...]:
+    """OPSPUSH_TRUST_PROXY: proxy addresses or CIDR ranges, separated by commas or spaces."""
+    items = value.replace(",", " ").split()
+    if len(items) == 1 and items[0].lower() in ("0", "false", "no", "off"):
+        return ()
+    if len(items) == 1 and items[0].lower() in ("1", "true", "yes", "on"):
+        # It used to mean "believe X-Forwarded-For from any peer": anyone could then pick
+        # their own address. Refuse rather than guess which proxy was meant.
+        raise ConfigError(
+            "OPSPUSH_TRUST_PROXY no longer takes 1: list the proxies' addresses or CIDR "
+            "ranges, e.g. 127.0.0.1 or 10.0.0.0/8"
+        )
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"OPSPUSH_TRUST_PROXY: {item!r} is not an IP address or CIDR range"
+            ) from None
+    return tuple(networks)
+
+
+def _metrics_token(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) < MIN_METRICS_TOKEN_LENGTH or not value.isascii() or not value.isprintable():
+        raise ConfigError(
+            f"OPSPUSH_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} printable "
+            "ASCII characters"
+        )
+    return value
+
+
+# A CSP source a host page may be: a keyword, or scheme://host[:port] (the host may start
+# with `*.`). Nothing that could end the directive (`;`, `,`) or add another.
+_FRAME_SOURCE = re.compile(
+    r"'none'|'self'|https?://(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+    r"(:[0-9]{1,5})?",
+    re.IGNORECASE,
+)
+
+
+def _frame_ancestors(value: str) -> str:
+    """OPSPUSH_FRAME_ANCESTORS: the host pages that may embed ours (CSP frame-ancestors)."""
+    sources = value.replace(",", " ").split()
+    if not sources:
+        return "'none'"
+    for source in sources:
+        if not _FRAME_SOURCE.fullmatch(source):
+            raise ConfigError(
+                f"OPSPUSH_FRAME_ANCESTORS: {source!r} is not 'none', 'self' or an origin like "
+                "https://console.example"
+            )
+    if "'none'" in sources and len(sources) > 1:
+        raise ConfigError("OPSPUSH_FRAME_ANCESTORS: 'none' cannot be combined with origins")
+    return " ".join(sources)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

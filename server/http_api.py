@@ -8,12 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from starlette.convertors import Convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import access, protocol, views
 from .auth import InvalidToken, verify_token
+from .channels import MAX_ID, valid_id
 from .service import Service
+
+
+class IdConvertor(Convertor[int]):
+    """`{name:id}` in a route: digits, as an int; 0 (never an id) for more digits than any
+    id has, so that no path turns into a huge int (or a 4,300-digit conversion error).
+    Endpoints answer 404 for an id outside `valid_id` before any query."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> int:
+        return int(value) if len(value) <= len(str(MAX_ID)) else 0
+
+    def to_string(self, value: int) -> str:
+        return str(value)
 
 
 def _service(request: Request) -> Service:
@@ -27,7 +43,8 @@ def _user_id(request: Request, service: Service) -> int | None:
     if scheme.lower() != "bearer" or not token:
         return None
     try:
-        return verify_token(token.strip(), service.settings.secret).user_id
+        settings = service.settings
+        return verify_token(token.strip(), settings.secret, max_ttl=settings.max_token_ttl).user_id
     except InvalidToken:
         return None
 
@@ -84,4 +101,7 @@ async def _authorized(
     user_id = _user_id(request, service)
     if user_id is None:
         return JSONResponse(_UNAUTHORIZED, status_code=401)
-    return await read(service, user_id, request.path_params[key])
+    ident: int = request.path_params[key]
+    if not valid_id(ident):
+        return _refusal("not_found")  # the same answer as for an id that does not exist
+    return await read(service, user_id, ident)

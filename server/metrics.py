@@ -1,11 +1,13 @@
 """`GET /metrics`: the engine's counters and the sockets' gauges, in Prometheus format.
 
 A registry per application (no process-wide globals), filled at scrape time from
-EngineStats, so the hot path never touches prometheus_client.
+EngineStats, so the hot path never touches prometheus_client. It is for the operators'
+network only; with OPSPUSH_METRICS_TOKEN set it also asks for that bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
 from typing import get_args
 
@@ -111,3 +113,16 @@ def build_registry(stats: EngineStats, open_sockets: Callable[[], int]) -> Colle
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """`Authorization: Bearer <token>` when OPSPUSH_METRICS_TOKEN is set (no token: open).
+
+    Compared in constant time, so the answer's timing tells nothing about the token.
+    """
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import re
 import signal
 from types import FrameType
 
@@ -12,13 +13,56 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .config import Settings
+from .deadline import http_protocol
+
+# Headers whose values are credentials: never logged, at any level.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# A JWT (header.payload.signature, base64url, the header starting `{"`): a token, wherever
+# it turns up in a message.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+REDACTED = "[redacted]"
 
 
-class _NoFrameTraces(logging.Filter):
-    """Drop the websockets library's per-frame traces: they would log hello tokens."""
+class RedactSecrets(logging.Filter):
+    """Keep tokens, cookies and Authorization headers out of every log line.
+
+    At DEBUG the websockets library traces every frame (hello tokens) and every handshake
+    header (Cookie, Authorization) on uvicorn's logger: frame traces are dropped, secret
+    headers keep their name only, and anything shaped like a JWT is masked.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.DEBUG and record.msg in ("< %s", "> %s"))
+        if record.levelno == logging.DEBUG and record.msg in ("< %s", "> %s"):
+            return False
+        args = record.args
+        if (
+            record.msg in ("< %s: %s", "> %s: %s")
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and str(args[0]).lower() in SECRET_HEADERS
+        ):
+            record.args = (args[0], REDACTED)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report, not ours
+            return True
+        if "eyJ" in message:
+            masked = _JWT.sub(REDACTED, message)
+            if masked != message:
+                record.msg, record.args = masked, ()
+        return True
+
+
+# The loggers that trace handshakes and frames: uvicorn's (its websockets-sansio protocol
+# logs on "uvicorn.error") and the websockets library's own.
+REDACTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
+
+
+def redact_logs() -> None:
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
@@ -28,6 +72,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         # The websockets library's Sans-I/O core: no task per connection, backpressure on
         # send, pings, and the frame size limit (larger frames close with 1009).
+        # A request head that never completes (slowloris) is closed after the hello timeout.
+        http=http_protocol(settings.hello_timeout),
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         # Compression costs ~30 KB per socket and the frames are small: off.
@@ -36,16 +82,13 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         ws_ping_timeout=settings.ping_interval or None,
         lifespan="on",
         log_level=settings.log_level,
-        proxy_headers=settings.trust_proxy,
-        forwarded_allow_ips="*" if settings.trust_proxy else None,
+        # X-Forwarded-For is read by Service.client_address (proxy.py), for the trusted
+        # proxies only; uvicorn's own reading would believe it by other rules.
+        proxy_headers=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         access_log=False,
     )
-    # uvicorn has configured its loggers by now; frames are traced on "uvicorn.error".
-    for name in ("uvicorn.error", "websockets"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoFrameTraces) for f in logger.filters):
-            logger.addFilter(_NoFrameTraces())
+    redact_logs()  # uvicorn has configured its loggers by now
     return config
 
 

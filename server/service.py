@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from starlette.websockets import WebSocket
 
-from . import protocol
+from . import protocol, proxy
 from .clock import Clock
 from .config import Settings
 from .engine import Engine
@@ -135,11 +135,12 @@ class Service:
         return self._admission.allow(time.monotonic())
 
     def client_address(self, websocket: WebSocket) -> str:
-        if self.settings.trust_proxy:
-            forwarded = websocket.headers.get("x-forwarded-for")
-            if forwarded:
-                return forwarded.split(",")[0].strip()
-        return websocket.client.host if websocket.client else "unknown"
+        """The address the per-address limit counts: see proxy.py (OPSPUSH_TRUST_PROXY)."""
+        return proxy.client_address(
+            websocket.client.host if websocket.client else None,
+            websocket.headers.getlist("x-forwarded-for"),
+            self.settings.trusted_proxies,
+        )
 
     def track_address(self, address: str) -> contextlib.AbstractContextManager[bool]:
         """A place for one more socket from this address, if its limit allows."""

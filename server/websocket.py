@@ -250,7 +250,7 @@ async def _handshake(websocket: WebSocket, service: Service) -> Identity | int |
     if not isinstance(command, protocol.Hello):
         return protocol.CLOSE_UNAUTHENTICATED
     try:
-        identity = verify_token(command.token, settings.secret)
+        identity = verify_token(command.token, settings.secret, max_ttl=settings.max_token_ttl)
     except InvalidToken as error:
         log.info("refused a token: %s", error)  # the reason only; never the token
         return protocol.CLOSE_UNAUTHENTICATED
