@@ -136,6 +136,11 @@ def _token(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.user < 1 or args.ttl < 1:
         raise ConfigError("--user and --ttl must be positive")
+    if args.ttl > settings.max_token_ttl:
+        raise ConfigError(
+            f"--ttl must be at most OPSPUSH_MAX_TOKEN_TTL ({settings.max_token_ttl} s): "
+            "a longer-lived token would be refused"
+        )
     print(mint_token(args.user, settings.secret, ttl=args.ttl))
     return 0
 

@@ -39,6 +39,17 @@ SECRET = "a-secret-that-is-long-enough-for-hs256"
         ({"OPSPUSH_SECRET": SECRET, "DATABASE_URL": "mysql://x"}, "postgresql:// URL"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "*"}, "is not an origin"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "maybe"}, "must be 1 or 0"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "1"}, "no longer takes 1"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "nginx"}, "not an IP address"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_MAX_TOKEN_TTL": "0"}, "between 60 and"),
+        ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_METRICS_TOKEN": "short"}, "at least 16"),
+        (
+            {
+                "OPSPUSH_SECRET": SECRET,
+                "OPSPUSH_FRAME_ANCESTORS": "https://a.example; script-src *",
+            },
+            "OPSPUSH_FRAME_ANCESTORS",
+        ),
     ],
 )
 def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], message: str) -> None:
@@ -46,6 +57,39 @@ def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], mess
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("opspush: ")
+
+
+def test_token_refuses_a_ttl_past_the_cap() -> None:
+    env = {"OPSPUSH_SECRET": SECRET, "OPSPUSH_MAX_TOKEN_TTL": "3600"}
+    result = opspush("token", "--user", "7", "--ttl", "3601", env=env)
+    assert result.returncode == 2 and "OPSPUSH_MAX_TOKEN_TTL" in result.stderr, result.stderr
+
+
+def test_edge_settings_defaults_and_parsing() -> None:
+    defaults = Settings.from_env({"OPSPUSH_SECRET": SECRET})
+    assert defaults.max_connections_per_user == 20
+    assert defaults.max_connections_per_address == 500
+    assert defaults.trusted_proxies == () and defaults.metrics_token is None
+    assert defaults.max_token_ttl == 86_400 and defaults.frame_ancestors == "'none'"
+    settings = Settings.from_env(
+        {
+            "OPSPUSH_SECRET": SECRET,
+            "OPSPUSH_TRUST_PROXY": "127.0.0.1, 10.0.0.0/8 fd00::/8",
+            "OPSPUSH_FRAME_ANCESTORS": "https://console.example, https://*.example.org:8443",
+            "OPSPUSH_METRICS_TOKEN": "m" * 16,
+            "OPSPUSH_MAX_CONNECTIONS_PER_USER": "0",
+            "OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS": "0",
+        }
+    )
+    assert [str(n) for n in settings.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]
+    assert settings.frame_ancestors == "https://console.example https://*.example.org:8443"
+    assert settings.metrics_token == "m" * 16
+    assert settings.max_connections_per_user == settings.max_connections_per_address == 0
+    for off in ("0", "off", ""):
+        assert Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": off})
+    for bad in ("'none' https://a.example", "javascript:", "*", "https://a.example/path"):
+        with pytest.raises(ConfigError):
+            Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_FRAME_ANCESTORS": bad})
 
 
 def test_token_mints_a_verifiable_token() -> None:

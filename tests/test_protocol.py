@@ -205,3 +205,76 @@ class TestTokens:
     def test_refused(self, token: str) -> None:
         with pytest.raises(InvalidToken):
             verify_token(token, SECRET, now=1001)
+
+
+NOW = 1_000_000
+DAY = 86_400
+
+
+def _claims(**claims: object) -> dict[str, object]:
+    return {"sub": "7", "exp": NOW + 3600, **claims}
+
+
+# Time claims, each against verify_token at NOW with the default 24 h cap and 30 s leeway.
+TIME_CLAIMS_ACCEPTED = {
+    "exp one second ahead": _claims(exp=NOW + 1),
+    "exp as a float": _claims(exp=NOW + 0.5),
+    "iat now": _claims(iat=NOW),
+    "iat 30 s ahead (clock skew)": _claims(iat=NOW + 30, exp=NOW + 90),
+    "nbf 30 s ahead (clock skew)": _claims(nbf=NOW + 30),
+    "nbf past": _claims(nbf=NOW - 10),
+    "lives exactly 24 h (exp - iat)": _claims(iat=NOW - 10, exp=NOW - 10 + DAY),
+    "no iat, exp exactly 24 h ahead": _claims(exp=NOW + DAY),
+}
+TIME_CLAIMS_REFUSED = {
+    "exp now (exact, no leeway)": _claims(exp=NOW),
+    "exp a second ago": _claims(exp=NOW - 1),
+    "exp 1e20": _claims(exp=1e20),
+    "exp Infinity": _claims(exp=float("inf")),
+    "exp -Infinity": _claims(exp=float("-inf")),
+    "exp NaN": _claims(exp=float("nan")),
+    "exp 10**400": _claims(exp=10**400),
+    "exp true": _claims(exp=True),
+    "exp a string": _claims(exp=str(NOW + 3600)),
+    "exp null": _claims(exp=None),
+    "exp a list": _claims(exp=[NOW + 3600]),
+    "exp negative": _claims(exp=-1),
+    "nbf NaN": _claims(nbf=float("nan")),
+    "nbf Infinity": _claims(nbf=float("inf")),
+    "nbf true": _claims(nbf=True),
+    "nbf 31 s ahead": _claims(nbf=NOW + 31),
+    "iat NaN": _claims(iat=float("nan")),
+    "iat Infinity": _claims(iat=float("inf")),
+    "iat 1e20": _claims(iat=1e20),
+    "iat false": _claims(iat=False),
+    "iat a string": _claims(iat="now"),
+    "iat negative": _claims(iat=-1),
+    "iat 31 s ahead": _claims(iat=NOW + 31, exp=NOW + 91),
+    "lives 24 h + 1 s (exp - iat)": _claims(iat=NOW - 10, exp=NOW - 10 + DAY + 1),
+    "no iat, exp 24 h + 1 s ahead": _claims(exp=NOW + DAY + 1),
+    "exp long past iat, year 9999": _claims(iat=NOW, exp=253_402_300_799),
+}
+
+
+@pytest.mark.parametrize("claims", TIME_CLAIMS_ACCEPTED.values(), ids=TIME_CLAIMS_ACCEPTED.keys())
+def test_time_claims_accepted(claims: dict[str, object]) -> None:
+    identity = verify_token(jwt.encode(claims, SECRET, algorithm="HS256"), SECRET, now=NOW)
+    assert identity.user_id == 7 and identity.expires_at == claims["exp"]
+    assert identity.expires_at_iso.endswith("Z")  # representable, for the welcome frame
+
+
+@pytest.mark.parametrize("claims", TIME_CLAIMS_REFUSED.values(), ids=TIME_CLAIMS_REFUSED.keys())
+def test_time_claims_refused(claims: dict[str, object]) -> None:
+    with pytest.raises(InvalidToken):
+        verify_token(jwt.encode(claims, SECRET, algorithm="HS256"), SECRET, now=NOW)
+
+
+def test_max_ttl_and_leeway_are_parameters() -> None:
+    token = jwt.encode(_claims(iat=NOW + 45), SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken):
+        verify_token(token, SECRET, now=NOW)
+    assert verify_token(token, SECRET, now=NOW, leeway=60).user_id == 7
+    hour = jwt.encode(_claims(iat=NOW), SECRET, algorithm="HS256")
+    assert verify_token(hour, SECRET, now=NOW, max_ttl=3600).user_id == 7
+    with pytest.raises(InvalidToken):
+        verify_token(hour, SECRET, now=NOW, max_ttl=3599)

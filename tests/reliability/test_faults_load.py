@@ -23,7 +23,10 @@ async def test_sockets_dropped_abruptly(database_dsn: str, db: Factory, record: 
     workspace = await db.workspace()
     user = await db.user(workspace, "owner")
     run_id = await db.run(workspace, status="running")
-    async with running_server(database_dsn, max_connections_per_address=0) as server:
+    # 100 sockets of one user at a time from one address: the limits are not what is tested.
+    async with running_server(
+        database_dsn, max_connections_per_user=0, max_connections_per_address=0
+    ) as server:
         sentinel = await server.connect(user)
         assert (await sentinel.subscribe(f"run:{run_id}"))["type"] == "state"
         before = counts(server)

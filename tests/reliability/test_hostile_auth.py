@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 import websockets
@@ -236,4 +237,78 @@ async def test_connection_limits(database_dsn: str, db: Factory, record: Any) ->
         "connections past `OPSPUSH_MAX_CONNECTIONS_PER_USER` and `_PER_ADDRESS`",
         2,
         "4429; a closed socket frees its place; no leak",
+    )
+
+
+def time_claim_tokens(user_id: int) -> dict[str, str]:
+    """Signed with the right key: only the time claims are wrong (the review's finding 5)."""
+    now = int(time.time())
+    sub = str(user_id)
+
+    def signed(**claims: Any) -> str:
+        return jwt.encode({"sub": sub, **claims}, SECRET, algorithm="HS256")
+
+    return {
+        "exp 1e20": signed(exp=1e20),
+        "exp Infinity": signed(exp=float("inf")),
+        "exp NaN": signed(exp=float("nan")),
+        "exp 10**400": signed(exp=10**400),
+        "exp true": signed(exp=True),
+        "nbf NaN": signed(exp=now + 600, nbf=float("nan")),
+        "iat Infinity": signed(exp=now + 600, iat=float("inf")),
+        "iat 5 minutes ahead": signed(iat=now + 300, exp=now + 900),
+        "lives 25 h (exp - iat)": signed(iat=now, exp=now + 25 * 3600),
+        "no iat, exp 25 h ahead": signed(exp=now + 25 * 3600),
+    }
+
+
+async def test_token_time_claims(database_dsn: str, db: Factory, record: Any) -> None:
+    workspace = await db.workspace()
+    user = await db.user(workspace, "owner")
+    run = await db.run(workspace, status="running")
+    tokens = time_claim_tokens(user)
+    now = int(time.time())
+    skewed = {  # the host's clock runs 10 s ahead of ours
+        "iat 10 s ahead": jwt.encode({"sub": str(user), "iat": now + 10, "exp": now + 600}, SECRET),
+        "nbf 10 s ahead": jwt.encode({"sub": str(user), "nbf": now + 10, "exp": now + 600}, SECRET),
+    }
+    async with running_server(database_dsn) as server:
+        before = counts(server)
+        with watch_logs(verbose=True) as logs:
+            codes = {name: await hello_close_code(server.ws_url, t) for name, t in tokens.items()}
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                statuses = {
+                    name: (
+                        await http.get(f"/api/runs/{run}", headers={"Authorization": f"Bearer {t}"})
+                    ).status_code
+                    for name, t in tokens.items()
+                }
+                skew_statuses = {
+                    name: (
+                        await http.get(f"/api/runs/{run}", headers={"Authorization": f"Bearer {t}"})
+                    ).status_code
+                    for name, t in skewed.items()
+                }
+            for token in skewed.values():
+                async with websockets.connect(server.ws_url) as ws:
+                    await ws.send(json.dumps({"op": "hello", "token": token}))
+                    assert json.loads(await ws.recv())["type"] == "welcome"
+            logs.assert_clean()  # no ERROR record, no traceback
+        await assert_no_leak(server, before)
+    assert codes == dict.fromkeys(tokens, protocol.CLOSE_UNAUTHENTICATED), codes
+    assert statuses == dict.fromkeys(tokens, 401), statuses
+    assert skew_statuses == dict.fromkeys(skewed, 200), skew_statuses
+    record(
+        "hostile",
+        "signed tokens with bad time claims: `exp` 1e20, Infinity, NaN, 10**400, true; `nbf` "
+        "NaN; `iat` Infinity or 5 minutes ahead; lifetimes past `OPSPUSH_MAX_TOKEN_TTL` (24 h) "
+        "with and without `iat`",
+        2 * len(tokens),
+        "4401 on the WebSocket and 401 over HTTP for each; no ERROR log, no traceback",
+    )
+    record(
+        "hostile",
+        "`iat` and `nbf` 10 s ahead (the host's clock runs fast)",
+        2 * len(skewed),
+        "accepted, on the WebSocket and over HTTP (30 s leeway; `exp` stays exact)",
     )
