@@ -107,6 +107,21 @@ export function pageToken(loc = globalThis.location) {
 }
 
 /**
+ * Take `token=` out of the address bar and the current history entry once it has been read
+ * (other fragment parameters stay): the fragment never reaches the server, but it would
+ * stay on screen, in the history, in bookmarks and in screenshots.
+ * @param {Location} [loc=location]
+ * @param {History} [hist=history]
+ */
+export function forgetPageToken(loc = globalThis.location, hist = globalThis.history) {
+  const params = new URLSearchParams((loc?.hash ?? "").replace(/^#/, ""));
+  if (!params.has("token") || !hist) return;
+  params.delete("token");
+  const rest = params.toString();
+  hist.replaceState(hist.state, "", `${loc.pathname}${loc.search}${rest ? `#${rest}` : ""}`);
+}
+
+/**
  * The default WebSocket URL: `/ws` on the page's origin.
  * @param {Location} [loc=location]
  * @returns {string}

@@ -1,7 +1,7 @@
 // page.js: bootstrap shared by the three standalone pages: token, id from the path, the
 // OpsPush client and the connection indicator.
 
-import { OpsPush, pageToken } from "./opspush.js";
+import { OpsPush, forgetPageToken, pageToken } from "./opspush.js";
 import { h, idFromPath, showConnection, startRelativeClock } from "./ui.js";
 
 /**
@@ -22,6 +22,7 @@ export function startPage({ prefix, noun, mount }) {
   const indicator = /** @type {HTMLElement} */ (document.querySelector("[data-connection]"));
   const id = idFromPath(prefix);
   const token = pageToken();
+  forgetPageToken(); // kept in memory only, for reconnects
   if (!id || !token) {
     showConnection(indicator, "final", "Not connected");
     const text = !id

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from server.headers import security_headers
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -30,7 +32,8 @@ SCREENSHOTS = _ROOT / (
 )
 
 # An origin that never reaches the network: every request to it is answered by `serve_static`.
-FAKE_ORIGIN = "http://opspush.test"
+FAKE_HOST = "opspush.test"
+FAKE_ORIGIN = f"http://{FAKE_HOST}"
 
 _PAGES = {"/runs/": "run.html", "/tenants/": "review-pack.html", "/wall/": "wall.html"}
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
@@ -55,7 +58,14 @@ async def serve_static(route: Any) -> None:
         await route.fulfill(
             status=200,
             body="<!doctype html><title>blank</title>",
-            headers={"content-type": "text/html"},
+            headers={"content-type": "text/html", **security_headers(FAKE_HOST, "'none'")},
+        )
+        return
+    elif path == "/inline-script":  # what the policy must refuse (test_csp_is_enforced)
+        await route.fulfill(
+            status=200,
+            body="<!doctype html><title>inline</title><script>window.inlineRan = true</script>",
+            headers={"content-type": "text/html", **security_headers(FAKE_HOST, "'none'")},
         )
         return
     else:
@@ -68,7 +78,10 @@ async def serve_static(route: Any) -> None:
     await route.fulfill(
         status=200,
         body=file.read_bytes(),
-        headers={"content-type": _TYPES.get(file.suffix, "application/octet-stream")},
+        headers={
+            "content-type": _TYPES.get(file.suffix, "application/octet-stream"),
+            **security_headers(FAKE_HOST, "'none'"),  # as the service sends them
+        },
     )
 
 

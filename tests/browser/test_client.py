@@ -174,7 +174,9 @@ async def test_hidden_page_reconnects_only_when_shown_again(page: Any) -> None:
     await page.evaluate(SET_VISIBILITY_JS, "hidden")
     assert (await sock.recv())["op"] == "pause"
     await sock.close(1012)
-    await page.wait_for_function("client.deferred === true")  # the backoff ran out, still hidden
+    await page.wait_for_function(
+        "() => client.deferred === true"
+    )  # the backoff ran out, still hidden
     assert server.count == 1
     await page.evaluate(SET_VISIBILITY_JS, "visible")
     sock2 = await server.accept()
@@ -261,5 +263,39 @@ async def test_run_page_announces_the_finish_and_ends_final(page: Any) -> None:
     await page.wait_for_selector('[data-status="succeeded"]')
     await page.wait_for_selector('[data-connection="final"]')
     announced = "document.querySelector('.run-viewer [aria-live]').textContent"
-    await page.wait_for_function(f"{announced}.includes('finished: Succeeded')")
+    await page.wait_for_function(f"() => {announced}.includes('finished: Succeeded')")
     assert await page.locator("time[title]").count() >= 3
+
+
+async def test_csp_is_enforced_and_violations_are_seen(page: Any) -> None:
+    """The policy refuses inline code, and the fixture sees it: a violation fails a test."""
+    await FakeServer().install(page)
+    await page.goto(f"{FAKE_ORIGIN}/inline-script")
+    await page.wait_for_function("() => document.readyState === 'complete'")
+    assert await page.evaluate("window.inlineRan === undefined")
+    violations: list[str] = page.csp_violations
+    await page.wait_for_function("() => true")  # console events of the load have arrived
+    assert any("script-src" in v or "default-src" in v for v in violations), violations
+    violations.clear()  # expected here; anywhere else it fails the test
+
+
+async def test_page_drops_the_token_from_the_address_and_history(page: Any) -> None:
+    server = await FakeServer().install(page)
+    await page.goto(f"{FAKE_ORIGIN}/runs/42#token=secret-token-value&view=compact")
+    sock = await server.accept()
+    hello = await sock.handshake()
+    assert hello["token"] == "secret-token-value"
+    assert await page.evaluate("location.href") == f"{FAKE_ORIGIN}/runs/42#view=compact"
+    entries = await page.evaluate("history.length")
+    # The client keeps it in memory: a reconnect says hello with it again.
+    await sock.close(1012)
+    again = await (await server.accept(timeout=10)).recv()
+    assert again == {"op": "hello", "token": "secret-token-value"}
+    assert await page.evaluate("history.length") == entries  # replaced, not pushed
+    # The history entry itself holds no token: back and forward again, the page has none.
+    await page.goto(f"{FAKE_ORIGIN}/wall/3#token=other-token")
+    await server.accept()
+    assert await page.evaluate("location.href") == f"{FAKE_ORIGIN}/wall/3"
+    await page.go_back()
+    assert await page.evaluate("location.href") == f"{FAKE_ORIGIN}/runs/42#view=compact"
+    await page.wait_for_selector('[role="alert"]')  # "No access token"

@@ -61,6 +61,8 @@ async def test_run_page_follows_a_run_to_succeeded_then_has_no_socket(
     run = await db.run(ws, tenant, status="queued")
     sockets = await open_page(page, page_url(server, f"/runs/{run}", user))
     await page.wait_for_selector('[data-status="queued"]')
+    # The token was read, then dropped from the address bar and the history entry.
+    assert await page.evaluate("location.href") == f"{server.http_url}/runs/{run}"
     assert await page.locator("progress:not([value])").count() == 1  # nothing known yet
 
     await db.update_run(
