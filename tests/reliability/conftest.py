@@ -143,8 +143,8 @@ def watch_logs(verbose: bool = False) -> Iterator[LogWatch]:
         for name in ("opspush", "uvicorn.error"):
             logger = logging.getLogger(name)
             levels[name] = logger.level
-            # INFO, the production level: at DEBUG the websockets library traces every
-            # frame, hello tokens included (a known gap, see docs/reliability.md).
+            # INFO, the production level (DEBUG has its own test:
+            # test_debug_logs_hold_no_secrets).
             logger.setLevel(logging.INFO)
     for logger in loggers:
         logger.addHandler(handler)
