@@ -163,9 +163,11 @@ def error_frame(ch: str | None, code: ErrorCode, message: str) -> str:
 class RateLimiter:
     """A token bucket: `rate` frames per second with bursts of `burst`.
 
-    `allow(now)` spends one token. Past the bucket, frames are refused; when refusals go on
-    for more than `burst` frames in a row without the bucket refilling, `exhausted` turns
-    true and the socket should be closed with 4429.
+    `allow(now)` spends one token. Past the bucket, frames are refused; when more than
+    `burst` frames are refused without the bucket refilling (to full: the client paused for
+    `burst / rate` seconds), `exhausted` turns true and the socket should be closed with
+    4429. A frame let through by a trickle of refill does not forgive the refusals, or a
+    flood paced just above the rate would get errors forever and never its 4429.
     """
 
     __slots__ = ("_burst", "_last", "_rate", "_refused", "_tokens")
@@ -182,9 +184,10 @@ class RateLimiter:
             return True
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
+        if self._tokens >= self._burst:
+            self._refused = 0  # it stopped long enough: forgiven
         if self._tokens >= 1.0:
             self._tokens -= 1.0
-            self._refused = 0
             return True
         self._refused += 1
         return False

@@ -150,6 +150,34 @@ def test_rate_limiter_allows_bursts_then_refuses_then_gives_up() -> None:
     assert limiter.exhausted
 
 
+@pytest.mark.parametrize(
+    ("frames_per_second", "exhausted"),
+    [
+        (250, True),  # the review's flood: 2,500 frames in 10 s
+        (40, True),  # twice the rate, for 10 s
+        (20, False),  # the rate itself
+        (19, False),
+    ],
+)
+def test_rate_limiter_paced_flood(frames_per_second: int, exhausted: bool) -> None:
+    limiter = protocol.RateLimiter(rate=20, burst=100, now=0.0)
+    for i in range(10 * frames_per_second):
+        limiter.allow(i / frames_per_second)
+        if limiter.exhausted:
+            break
+    assert limiter.exhausted is exhausted
+
+
+def test_rate_limiter_forgives_a_client_that_slowed_down() -> None:
+    limiter = protocol.RateLimiter(rate=20, burst=100, now=0.0)
+    for _ in range(150):  # 100 allowed, 50 refused
+        limiter.allow(0.0)
+    assert limiter.allow(5.0)  # a full bucket again after burst / rate seconds
+    for _ in range(99 + 60):  # the bucket, then 60 more refusals: not 50 + 60
+        limiter.allow(5.0)
+    assert not limiter.exhausted
+
+
 def test_rate_limiter_sustained_rate_is_fine() -> None:
     limiter = protocol.RateLimiter(rate=20, burst=100, now=0.0)
     assert all(limiter.allow(i / 20) for i in range(2000))
