@@ -139,10 +139,11 @@ async def test_fifty_viewers_one_read_per_due_tick(
     manual: RunningServer, clock: ManualClock, db: Factory, viewers: list[Viewer]
 ) -> None:
     ws = await db.workspace()
-    user = await db.user(ws, "owner")
+    # Five users with ten sockets each: within the default per-user limit (20).
+    users = [await db.user(ws, "owner") for _ in range(5)]
     run = await db.run(ws, status="running", created_at=clock.now())
-    for _ in range(50):
-        viewer = await manual.connect(user)
+    for index in range(50):
+        viewer = await manual.connect(users[index % len(users)])
         viewers.append(viewer)
         assert (await viewer.subscribe(f"run:{run}"))["data"]["id"] == run
     stats = manual.service.stats
