@@ -41,10 +41,16 @@ FACTS_TIMEOUT = 10.0  # how long a handshake waits for its user's access facts
 
 
 class Viewer(Protocol):
-    """The engine's view of one WebSocket session."""
+    """The engine's view of one WebSocket session.
 
-    user_id: int
+    `user_id` is None for a connection with no user of its own (a Pusher socket that did not
+    sign in): every subscription it makes must be granted by the host (see `subscribe`).
+    """
+
     outbox: Outbox
+
+    @property
+    def user_id(self) -> int | None: ...
 
     def subscription_closed(self, ch: str, *, ended: bool) -> None:
         """The engine dropped this subscription: after an `end` frame, or a refusal."""
@@ -56,6 +62,9 @@ class Subscription:
     paused: bool = False
     accepted: bool = False  # access granted and the first state handed over
     last_hash: bytes | None = None
+    # Authorized by the host (a token's `channels` claim, a Pusher channel signature) rather
+    # than by the access tables: existence, terminal state and `gone` still come from reads.
+    granted: bool = False
 
 
 @dataclass(eq=False)
@@ -190,19 +199,29 @@ class Engine:
                 if not waiters:
                     del self._fact_waiters[user_id]
 
-    def subscribe(self, viewer: Viewer, channel: Channel) -> None:
+    def subscribe(self, viewer: Viewer, channel: Channel, *, granted: bool = False) -> None:
+        """Watch `channel` for `viewer`; its first answer (state or error) comes through the outbox.
+
+        `granted`: the host already authorized this subscription, so it is not decided on the
+        access tables nor re-checked; it is still `not_found` when the thing does not exist.
+        A wall is filtered per user and can never be granted.
+        """
+        if granted and channel.kind is Kind.WALL:
+            raise ValueError("a wall is filtered per user: it cannot be granted")
+        if not granted and viewer.user_id is None:
+            raise ValueError("a viewer without a user can only hold granted subscriptions")
         watch = self.watches.get(channel)
         if watch is None:
             watch = self.watches[channel] = Watch(channel, channel.name)
             self.stats.channels[channel.kind] += 1
         if viewer in watch.subs:
             return  # subscribing twice is a no-op: the first subscription stands
-        sub = Subscription(viewer)
+        sub = Subscription(viewer, granted=granted)
         watch.subs[viewer] = sub
         watch.active += 1
         self.stats.subscriptions[channel.kind] += 1
         self._pending.setdefault(channel, []).append(sub)
-        if self._fresh(watch) and self._known_user(viewer.user_id):
+        if self._fresh(watch) and (granted or self._known_user(viewer.user_id)):
             self._answer_pending(watch)  # a live channel: the last state, with no read
         else:
             self._attention.add(channel)
@@ -300,10 +319,10 @@ class Engine:
         recheck = now >= self._next_recheck
         users = set(self._fact_waiters)
         for waiting in self._pending.values():
-            users.update(sub.viewer.user_id for sub in waiting)
+            users.update(_decided_users(waiting))
         users = {user_id for user_id in users if not self._known_user(user_id)}
         if recheck:
-            users |= {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+            users |= self._watching_users()
         if (users or recheck) and _ACCESS not in self._inflight:
             started.append(self._spawn(_ACCESS, self._load_access(sorted(users), now, recheck)))
         self._answer_all_pending()
@@ -472,11 +491,12 @@ class Engine:
             watch.digest = digest
             watch.frame = protocol.state_frame(watch.name, data_json, interval)
 
-    def _frame_for(self, watch: Watch, user_id: int) -> tuple[bytes, str] | None:
+    def _frame_for(self, watch: Watch, user_id: int | None) -> tuple[bytes, str] | None:
         if watch.channel.kind is not Kind.WALL:
             if watch.digest is None or watch.frame is None:
                 return None
             return watch.digest, watch.frame
+        assert user_id is not None, "walls are never granted"
         cached = watch.wall_frames.get(user_id)
         if cached is not None:
             return cached
@@ -584,11 +604,14 @@ class Engine:
         waiting = self._pending.get(watch.channel, [])
         still: list[Subscription] = []
         for sub in list(waiting):
-            facts = self._facts_or_none(sub.viewer.user_id)
-            if facts is None:
-                still.append(sub)
-                continue
-            decision = self._decide(watch, facts)
+            if sub.granted:
+                decision: Decision = "allowed" if watch.existed else "not_found"
+            else:
+                facts = self._facts_or_none(sub.viewer.user_id)
+                if facts is None:
+                    still.append(sub)
+                    continue
+                decision = self._decide(watch, facts)
             if decision != "allowed":
                 self._refuse(watch, sub, decision)
                 continue
@@ -611,9 +634,10 @@ class Engine:
             watch.wall_frames = {}  # visibility on a wall may have changed too
             decisions: dict[int, Decision] = {}
             for viewer, sub in list(watch.subs.items()):
-                if not sub.accepted:
-                    continue
+                if not sub.accepted or sub.granted:
+                    continue  # a granted subscription is the host's to revoke
                 user_id = viewer.user_id
+                assert user_id is not None
                 if user_id not in decisions:
                     facts = self._facts_or_none(user_id)
                     decisions[user_id] = "allowed" if facts is None else self._decide(watch, facts)
@@ -624,17 +648,25 @@ class Engine:
 
     def _prune_facts(self) -> None:
         """Forget users who watch nothing, so the cache does not grow without bound."""
-        watching = {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+        watching = self._watching_users()
         for user_id, (_, loaded_at) in list(self._facts.items()):
             if user_id not in watching and not self._fresh_facts(loaded_at):
                 del self._facts[user_id]
 
-    def _facts_or_none(self, user_id: int) -> UserFacts | None:
-        cached = self._facts.get(user_id)
+    def _watching_users(self) -> set[int]:
+        """The users whose access decides at least one subscription."""
+        return {
+            user_id
+            for watch in self.watches.values()
+            for user_id in _decided_users(watch.subs.values())
+        }
+
+    def _facts_or_none(self, user_id: int | None) -> UserFacts | None:
+        cached = None if user_id is None else self._facts.get(user_id)
         return None if cached is None else cached[0]
 
-    def _known_user(self, user_id: int) -> bool:
-        cached = self._facts.get(user_id)
+    def _known_user(self, user_id: int | None) -> bool:
+        cached = None if user_id is None else self._facts.get(user_id)
         return cached is not None and self._fresh_facts(cached[1])
 
     def _fresh_facts(self, loaded_at: float) -> bool:
@@ -662,3 +694,10 @@ class Engine:
     def _sub(self, viewer: Viewer, channel: Channel) -> Subscription | None:
         watch = self.watches.get(channel)
         return None if watch is None else watch.subs.get(viewer)
+
+
+def _decided_users(subs: Iterable[Subscription]) -> set[int]:
+    """The users whose facts decide these subscriptions (granted ones need none)."""
+    return {
+        sub.viewer.user_id for sub in subs if not sub.granted and sub.viewer.user_id is not None
+    }
