@@ -7,6 +7,13 @@ the next read; a terminal state is pushed once more with `interval: null`, follo
 and the watch is dropped. Access is decided per (channel, user), from facts loaded in one
 batched query for all users that need them, and re-checked on a fixed cadence.
 
+Never a byte out of scope: a read that moves a channel's scope (a run's workspace, tenant or
+type; a card's workspace) decides every subscriber on the new scope before anything is pushed.
+A refusal only ever follows a read of the channel issued after the subscription arrived, so
+it takes the same path whether or not someone else watches the channel; an allowed newcomer
+of a live channel is served from memory. New subscriptions are decided on facts loaded at
+most `NEW_FACTS_AGE` before they arrived and after the last access-change notification.
+
 The engine never waits for a socket: viewers are handed frames through their `Outbox`.
 All of it runs on one event loop, so no locks: state changes only between awaits.
 """
@@ -38,13 +45,20 @@ log = logging.getLogger("opspush.engine")
 _ACCESS = "access"  # the in-flight key of access loads, beside the channel kinds
 
 FACTS_TIMEOUT = 10.0  # how long a handshake waits for its user's access facts
+NEW_FACTS_AGE = 1.0  # a new subscription is decided on facts at most this old (seconds)
 
 
 class Viewer(Protocol):
-    """The engine's view of one WebSocket session."""
+    """The engine's view of one WebSocket session.
 
-    user_id: int
+    `user_id` is None for a connection with no user of its own (a Pusher socket that did not
+    sign in): every subscription it makes must be granted by the host (see `subscribe`).
+    """
+
     outbox: Outbox
+
+    @property
+    def user_id(self) -> int | None: ...
 
     def subscription_closed(self, ch: str, *, ended: bool) -> None:
         """The engine dropped this subscription: after an `end` frame, or a refusal."""
@@ -56,6 +70,14 @@ class Subscription:
     paused: bool = False
     accepted: bool = False  # access granted and the first state handed over
     last_hash: bytes | None = None
+    # Authorized by the host (a token's `channels` claim, a Pusher channel signature) rather
+    # than by the access tables: existence, terminal state and `gone` still come from reads.
+    granted: bool = False
+    arrived: float = 0.0  # monotonic: its facts may be at most NEW_FACTS_AGE older
+    after_read: int = 0  # the engine's read count when it arrived: a refusal needs a later read
+    # Its channel's scope moved and its user's facts are not current (an access change is
+    # being loaded): nothing is pushed to it until a re-check decides it.
+    held: bool = False
 
 
 @dataclass(eq=False)
@@ -66,6 +88,9 @@ class Watch:
     active: int = 0  # subscriptions not paused
     next_due: float | None = None  # monotonic; None until first read
     read_at: float | None = None
+    read_seq: int = 0  # which read (the engine's count) the latest state came from
+    issued_seq: int = 0  # the latest read of it issued, landed or not
+    stale: bool = False  # a change was notified while every viewer was paused
     interval: int | None = None
     final: bool = False
     existed: bool = False  # seen in the database at least once
@@ -105,7 +130,10 @@ class Engine:
         self._attention: set[Channel] = set()  # answer newcomers; read unless fresh
         self._forced: set[Channel] = set()  # read at the next tick, fresh or not
         self._pending: dict[Channel, list[Subscription]] = {}  # waiting for a first answer
-        self._facts: dict[int, tuple[UserFacts, float]] = {}
+        # user id -> (facts, monotonic time its load was issued, access epoch at that time)
+        self._facts: dict[int, tuple[UserFacts, float, int]] = {}
+        self._access_epoch = 0  # bumped by every access-change notification (recheck_now)
+        self._read_seq = 0  # reads issued so far
         self._capabilities = CapabilityTable()
         self._fact_waiters: dict[int, list[asyncio.Future[UserFacts]]] = {}
         self._next_recheck = self.clock.monotonic() + recheck_interval
@@ -175,7 +203,7 @@ class Engine:
     async def user_facts(self, user_id: int) -> UserFacts:
         """The access facts of a user, loaded with everyone else's in the next tick."""
         cached = self._facts.get(user_id)
-        if cached is not None and self._fresh_facts(cached[1]):
+        if cached is not None and self._known_user(user_id):
             return cached[0]
         waiter: asyncio.Future[UserFacts] = asyncio.get_running_loop().create_future()
         self._fact_waiters.setdefault(user_id, []).append(waiter)
@@ -190,22 +218,41 @@ class Engine:
                 if not waiters:
                     del self._fact_waiters[user_id]
 
-    def subscribe(self, viewer: Viewer, channel: Channel) -> None:
+    def subscribe(self, viewer: Viewer, channel: Channel, *, granted: bool = False) -> None:
+        """Watch `channel` for `viewer`; its first answer (state or error) comes through the outbox.
+
+        `granted`: the host already authorized this subscription, so it is not decided on the
+        access tables nor re-checked; it is still `not_found` when the thing does not exist.
+        A wall is filtered per user and can never be granted.
+        """
+        if granted and channel.kind is Kind.WALL:
+            raise ValueError("a wall is filtered per user: it cannot be granted")
+        if not granted and viewer.user_id is None:
+            raise ValueError("a viewer without a user can only hold granted subscriptions")
         watch = self.watches.get(channel)
         if watch is None:
             watch = self.watches[channel] = Watch(channel, channel.name)
             self.stats.channels[channel.kind] += 1
         if viewer in watch.subs:
             return  # subscribing twice is a no-op: the first subscription stands
-        sub = Subscription(viewer)
+        sub = Subscription(
+            viewer, granted=granted, arrived=self.clock.monotonic(), after_read=self._read_seq
+        )
         watch.subs[viewer] = sub
         watch.active += 1
         self.stats.subscriptions[channel.kind] += 1
         self._pending.setdefault(channel, []).append(sub)
-        if self._fresh(watch) and self._known_user(viewer.user_id):
-            self._answer_pending(watch)  # a live channel: the last state, with no read
-        else:
+        if not self._fresh(watch):
             self._attention.add(channel)
+            self.wake()
+        elif granted or self._facts_for(sub) is not None:
+            # A live channel: if allowed, the last state with no read; a refusal waits for
+            # a read of the channel, as it would if nobody watched it.
+            self._answer_pending(watch)
+        else:
+            # Its facts are loaded first: read the channel meanwhile, so that a refusal comes
+            # after the same reads as for a channel nobody watches (a read and a facts load).
+            self._forced.add(channel)
             self.wake()
 
     def unsubscribe(self, viewer: Viewer, channel: Channel) -> bool:
@@ -230,10 +277,12 @@ class Engine:
         watch.active += 1
         if not sub.accepted:
             return
-        if self._fresh(watch):
+        if self._fresh(watch) and not watch.stale:
             self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
         else:
-            self._forced.add(channel)  # dormant while everyone was paused: read it now
+            # Dormant or notified while everyone was paused: read it now. The read decides
+            # everyone on the scope it finds before pushing (see `_apply`).
+            self._forced.add(channel)
             self.wake()
 
     def drop_viewer(self, viewer: Viewer, channels: Iterable[Channel]) -> None:
@@ -260,10 +309,12 @@ class Engine:
     def recheck_now(self) -> None:
         """Re-check every subscription's access at the next tick (an access change).
 
-        Cached facts are forgotten too, so that a subscription arriving meanwhile is decided
-        on fresh facts rather than ones from before the change.
+        Facts loaded before now, or being loaded, decide nothing new after this: a new
+        subscription, a scope change and a wall's filter wait for facts loaded after it.
         """
-        self._facts.clear()
+        self._access_epoch += 1
+        for watch in self.watches.values():
+            watch.wall_frames = {}
         self._next_recheck = self.clock.monotonic()
         self.wake()
 
@@ -295,15 +346,25 @@ class Engine:
                     (self._forced if forced else self._attention).add(watch.channel)
                 continue
             watches = [watch for watch, _ in due]
-            started.append(self._spawn(kind, self._read(kind, watches)))
+            # Numbered now, not when its task first runs: a refusal waiting for a read issued
+            # after its subscription (see `_answer_pending`) must see this one as issued.
+            self._read_seq += 1
+            for watch in watches:
+                watch.issued_seq = self._read_seq
+            started.append(self._spawn(kind, self._read(kind, watches, self._read_seq)))
 
         recheck = now >= self._next_recheck
-        users = set(self._fact_waiters)
+        users = {user_id for user_id in self._fact_waiters if not self._known_user(user_id)}
         for waiting in self._pending.values():
-            users.update(sub.viewer.user_id for sub in waiting)
-        users = {user_id for user_id in users if not self._known_user(user_id)}
+            users.update(
+                sub.viewer.user_id
+                for sub in waiting
+                if sub.viewer.user_id is not None
+                and not sub.granted
+                and self._facts_for(sub) is None
+            )
         if recheck:
-            users |= {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
+            users |= self._watching_users()
         if (users or recheck) and _ACCESS not in self._inflight:
             started.append(self._spawn(_ACCESS, self._load_access(sorted(users), now, recheck)))
         self._answer_all_pending()
@@ -355,13 +416,17 @@ class Engine:
             if watch is None:
                 continue
             if watch.active == 0 and channel not in self._pending:
-                continue  # everyone paused: no reads on their behalf; resume reads at once
+                # Everyone paused: no reads on their behalf; resume reads at once, and a
+                # change notified meanwhile is not lost.
+                watch.stale = watch.stale or channel in forced
+                continue
             if channel not in forced and self._fresh(watch):
                 continue  # a newcomer to a live channel is served from memory
             wanted.append((watch, channel in forced))
         return wanted
 
     async def _load_access(self, user_ids: list[int], now: float, recheck: bool) -> None:
+        epoch = self._access_epoch  # a notification while this runs makes its facts stale
         if user_ids:
             self.stats.access_loads += 1
             try:
@@ -377,58 +442,67 @@ class Engine:
                 raise
             self._capabilities = snapshot.capabilities
             for user_id, facts in snapshot.users.items():
-                self._facts[user_id] = (facts, now)
+                self._facts[user_id] = (facts, now, epoch)
                 for waiter in self._fact_waiters.pop(user_id, []):
                     if not waiter.done():
                         waiter.set_result(facts)
         if recheck:
             self._access_retry = 0.0
-            self._next_recheck = self.clock.monotonic() + self.recheck_interval
+            if epoch == self._access_epoch:  # else re-check again at once, on newer facts
+                self._next_recheck = self.clock.monotonic() + self.recheck_interval
             self._recheck_all()
             self._prune_facts()
         self._answer_all_pending()
 
-    async def _read(self, kind: Kind, watches: list[Watch]) -> None:
+    async def _read(self, kind: Kind, watches: list[Watch], seq: int) -> None:
         issued = self.clock.monotonic()  # the state read is as of now, however long it takes
         ids = [w.channel.id for w in watches]
+        for watch in watches:
+            watch.stale = False  # a notification from now on marks it again
         self.stats.reads[kind] += 1
         self.stats.channel_reads[kind] += len(ids)
         try:
             if kind is Kind.RUN:
                 runs = await self.storage.read_runs(ids)
-                self._apply(watches, runs, self._apply_run, issued)
+                self._apply(watches, runs, self._apply_run, issued, seq)
             elif kind is Kind.REVIEW_PACK:
                 cards = await self.storage.read_pack_cards(ids)
-                self._apply(watches, cards, self._apply_card, issued)
+                self._apply(watches, cards, self._apply_card, issued, seq)
             else:
                 since = self.clock.now() - timedelta(seconds=rules.WALL_RECENT_SECONDS)
                 walls = await self.storage.read_walls(ids, since, self.wall_max_runs)
-                self._apply(watches, walls, self._apply_wall, issued)
+                self._apply(watches, walls, self._apply_wall, issued, seq)
             self._answer_all_pending()
         except Exception:
             self.stats.read_errors += 1
             now = self.clock.monotonic()
             for watch in watches:
+                watch.stale = True  # what changed meanwhile is still to be read
                 # Retry soon, backing off while the database stays away.
                 watch.retry_delay = min(10.0, max(1.0, watch.retry_delay * 2))
                 self._schedule(watch, now + watch.retry_delay)
             raise
 
     def _apply(
-        self, watches: list[Watch], found: Mapping[int, Any], apply: Any, issued: float
+        self, watches: list[Watch], found: Mapping[int, Any], apply: Any, issued: float, seq: int
     ) -> None:
-        """Take in a read issued at `issued`: the next one is due an interval after that."""
+        """Take in read `seq`, issued at `issued`: the next one is due an interval after that."""
         now = issued
         for watch in watches:
             if self.watches.get(watch.channel) is not watch:
                 continue  # everyone left while the query ran
             watch.retry_delay = 0.0
+            watch.read_seq = seq
             value = found.get(watch.channel.id)
             if value is None:
-                self._missing(watch)
+                self._missing(watch, issued)
                 continue
+            scope = watch.scope
             interval = apply(watch, value)
+            moved = watch.existed and watch.scope != scope
             watch.existed = True
+            if moved:  # before anything is pushed: not a byte of the new state out of scope
+                self._decide_watchers(watch, hold_unknown=True)
             base = watch.next_due if watch.next_due is not None else now
             if now - base >= self.grid or base > now:
                 base = now
@@ -472,17 +546,18 @@ class Engine:
             watch.digest = digest
             watch.frame = protocol.state_frame(watch.name, data_json, interval)
 
-    def _frame_for(self, watch: Watch, user_id: int) -> tuple[bytes, str] | None:
+    def _frame_for(self, watch: Watch, user_id: int | None) -> tuple[bytes, str] | None:
         if watch.channel.kind is not Kind.WALL:
             if watch.digest is None or watch.frame is None:
                 return None
             return watch.digest, watch.frame
+        assert user_id is not None, "walls are never granted"
         cached = watch.wall_frames.get(user_id)
         if cached is not None:
             return cached
-        facts = self._facts_or_none(user_id)
+        facts = self._current_facts(user_id)
         if facts is None:
-            return None
+            return None  # held until its facts are current again
         visible = [
             run_json
             for scope, run_json in watch.wall_runs
@@ -496,7 +571,7 @@ class Engine:
     # -- pushing -------------------------------------------------------------------------
 
     def _push_to(self, watch: Watch, sub: Subscription, rendered: tuple[bytes, str] | None) -> None:
-        if rendered is None:
+        if rendered is None or sub.held:
             return
         digest, frame = rendered
         if digest == sub.last_hash:
@@ -512,22 +587,28 @@ class Engine:
                 self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
 
     def _finish(self, watch: Watch) -> None:
-        """A terminal state: the final state to every viewer (paused ones too), then `end`."""
+        """A terminal state: the final state to every viewer (paused ones too), then `end`.
+
+        A held viewer stays until a re-check decides it (see `_recheck_all`).
+        """
         for viewer, sub in list(watch.subs.items()):
-            if sub.accepted:
+            if sub.accepted and not sub.held:
                 self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
                 self._end(watch, viewer, "terminal")
 
-    def _missing(self, watch: Watch) -> None:
-        """Not in the database: `gone` for those who saw it, `not_found` for newcomers."""
+    def _missing(self, watch: Watch, issued: float) -> None:
+        """Not in the database: `gone` for those who saw it, `not_found` for newcomers.
+
+        A newcomer is refused like any other, after the read (`_answer_all_pending`, in the
+        order the subscriptions arrived), so that a missing thing and one out of scope cost
+        the same reads and the same time.
+        """
         for viewer, sub in list(watch.subs.items()):
             if sub.accepted:
                 self._end(watch, viewer, "gone")
         watch.existed = False
-        watch.read_at = self.clock.monotonic()
+        watch.read_at = issued
         watch.scope = None
-        for sub in self._pending.pop(watch.channel, []):
-            self._refuse(watch, sub, "not_found")
         self._drop_if_empty(watch)
 
     def _end(self, watch: Watch, viewer: Viewer, reason: protocol.EndReason) -> None:
@@ -580,17 +661,30 @@ class Engine:
         return access.decide_wall(facts, caps, watch.channel.id, watch.existed)
 
     def _answer_pending(self, watch: Watch) -> None:
-        """Accept or refuse the subscriptions waiting on this watch, where facts allow."""
+        """Accept or refuse the subscriptions waiting on this watch, where facts allow.
+
+        An allowed newcomer gets the latest state, from memory if need be; a refusal waits
+        for a read of the channel issued after the subscription arrived, so that neither
+        its timing nor the counters tell whether someone else watches the channel.
+        """
         waiting = self._pending.get(watch.channel, [])
         still: list[Subscription] = []
+        reread = False
         for sub in list(waiting):
-            facts = self._facts_or_none(sub.viewer.user_id)
-            if facts is None:
-                still.append(sub)
-                continue
-            decision = self._decide(watch, facts)
+            if sub.granted:
+                decision: Decision = "allowed" if watch.existed else "not_found"
+            else:
+                facts = self._facts_for(sub)
+                if facts is None:
+                    still.append(sub)  # its facts are being loaded
+                    continue
+                decision = self._decide(watch, facts)
             if decision != "allowed":
-                self._refuse(watch, sub, decision)
+                if watch.read_seq <= sub.after_read:
+                    still.append(sub)  # decided on a read from before it arrived: read again
+                    reread = reread or watch.issued_seq <= sub.after_read
+                else:
+                    self._refuse(watch, sub, decision)
                 continue
             sub.accepted = True
             self._push_to(watch, sub, self._frame_for(watch, sub.viewer.user_id))
@@ -598,9 +692,13 @@ class Engine:
                 self._end(watch, sub.viewer, "terminal")
         if still:
             self._pending[watch.channel] = still
-            self._attention.add(watch.channel)
         else:
             self._pending.pop(watch.channel, None)
+        if reread and watch.channel not in self._forced:
+            # Once: this runs inside the tick too, where a wake for work already queued
+            # would spin the engine's loop without ever letting the read land.
+            self._forced.add(watch.channel)
+            self.wake()
         if watch.final:
             self._drop_if_empty(watch)
 
@@ -609,33 +707,73 @@ class Engine:
             if watch.read_at is None:
                 continue
             watch.wall_frames = {}  # visibility on a wall may have changed too
-            decisions: dict[int, Decision] = {}
-            for viewer, sub in list(watch.subs.items()):
-                if not sub.accepted:
-                    continue
-                user_id = viewer.user_id
-                if user_id not in decisions:
-                    facts = self._facts_or_none(user_id)
-                    decisions[user_id] = "allowed" if facts is None else self._decide(watch, facts)
-                if decisions[user_id] != "allowed":
-                    self._end(watch, viewer, "revoked")
-                elif watch.channel.kind is Kind.WALL and not sub.paused:
-                    self._push_to(watch, sub, self._frame_for(watch, user_id))
+            self._decide_watchers(watch, hold_unknown=False)
+            # Walls refiltered, held viewers released: only what differs travels.
+            if watch.final:
+                self._finish(watch)
+            else:
+                self._push_all(watch)
+
+    def _decide_watchers(self, watch: Watch, *, hold_unknown: bool) -> None:
+        """Decide every accepted subscriber on the watch's latest scope, with current facts.
+
+        One who lost access gets `end revoked`; one who is allowed is no longer held. One
+        whose facts are not current (an access change is being loaded) is left as it is, or
+        held when `hold_unknown` (its channel's scope just moved): nothing reaches it until
+        a re-check on current facts decides it.
+        """
+        decisions: dict[int, Decision | None] = {}
+        for viewer, sub in list(watch.subs.items()):
+            if not sub.accepted or sub.granted:
+                continue  # a granted subscription is the host's to revoke
+            user_id = viewer.user_id
+            assert user_id is not None
+            if user_id not in decisions:
+                facts = self._current_facts(user_id)
+                decisions[user_id] = None if facts is None else self._decide(watch, facts)
+            decision = decisions[user_id]
+            if decision is None:
+                sub.held = sub.held or hold_unknown
+            elif decision != "allowed":
+                self._end(watch, viewer, "revoked")
+            else:
+                sub.held = False
 
     def _prune_facts(self) -> None:
         """Forget users who watch nothing, so the cache does not grow without bound."""
-        watching = {viewer.user_id for watch in self.watches.values() for viewer in watch.subs}
-        for user_id, (_, loaded_at) in list(self._facts.items()):
+        watching = self._watching_users()
+        for user_id, (_, loaded_at, _) in list(self._facts.items()):
             if user_id not in watching and not self._fresh_facts(loaded_at):
                 del self._facts[user_id]
 
-    def _facts_or_none(self, user_id: int) -> UserFacts | None:
-        cached = self._facts.get(user_id)
-        return None if cached is None else cached[0]
+    def _watching_users(self) -> set[int]:
+        """The users whose access decides at least one subscription."""
+        return {
+            user_id
+            for watch in self.watches.values()
+            for user_id in _decided_users(watch.subs.values())
+        }
 
-    def _known_user(self, user_id: int) -> bool:
-        cached = self._facts.get(user_id)
-        return cached is not None and self._fresh_facts(cached[1])
+    def _current_facts(self, user_id: int | None) -> UserFacts | None:
+        """A user's facts, unless an access change was notified since they were loaded."""
+        cached = None if user_id is None else self._facts.get(user_id)
+        if cached is None or cached[2] != self._access_epoch:
+            return None
+        return cached[0]
+
+    def _facts_for(self, sub: Subscription) -> UserFacts | None:
+        """Facts fit to decide a new subscription: current, and loaded at most
+        NEW_FACTS_AGE before it arrived (a load issued after it arrived always is)."""
+        cached = self._facts.get(sub.viewer.user_id) if sub.viewer.user_id is not None else None
+        if cached is None or cached[2] != self._access_epoch:
+            return None
+        return cached[0] if cached[1] >= sub.arrived - NEW_FACTS_AGE else None
+
+    def _known_user(self, user_id: int | None) -> bool:
+        cached = None if user_id is None else self._facts.get(user_id)
+        return (
+            cached is not None and cached[2] == self._access_epoch and self._fresh_facts(cached[1])
+        )
 
     def _fresh_facts(self, loaded_at: float) -> bool:
         return self.clock.monotonic() - loaded_at < self.recheck_interval
@@ -662,3 +800,10 @@ class Engine:
     def _sub(self, viewer: Viewer, channel: Channel) -> Subscription | None:
         watch = self.watches.get(channel)
         return None if watch is None else watch.subs.get(viewer)
+
+
+def _decided_users(subs: Iterable[Subscription]) -> set[int]:
+    """The users whose facts decide these subscriptions (granted ones need none)."""
+    return {
+        sub.viewer.user_id for sub in subs if not sub.granted and sub.viewer.user_id is not None
+    }

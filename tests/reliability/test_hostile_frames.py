@@ -266,19 +266,27 @@ async def fuzz_one(url: str, token: str, batch: list[tuple[str, Any]]) -> set[st
                 else:
                     oversized |= len(payload) > MAX_FRAME
                 await ws.send(payload)
+            # The probe is answered at once; a refusal comes after a read of its channel (as
+            # for one that does not exist), and the engine answers subscriptions of a kind in
+            # the order they arrived: a last subscribe to a missing run is answered after
+            # every run subscribe of the batch. Its own answer is not an outcome.
             await ws.send('{"op":"probe"}')
+            sentinel, probed = f"run:{MAX_ID}", False
             while True:
                 async with asyncio.timeout(10):
                     text = await ws.recv()
                 assert isinstance(text, str)
                 frame = json.loads(text)
-                if frame["type"] == "error":
-                    check_error_frame(text)
-                    seen.add(frame["code"])
-                    if text == protocol.error_frame(None, "bad_request", "unknown `op`"):
-                        break  # the probe's answer (or an identical one): the socket is fine
-                else:
+                if frame["type"] != "error":
                     raise AssertionError(f"unexpected frame for a user with no access: {frame}")
+                check_error_frame(text)
+                if not probed and text == protocol.error_frame(None, "bad_request", "unknown `op`"):
+                    probed = True  # the probe's answer (or an identical one): the socket is fine
+                    await ws.send(json.dumps({"op": "subscribe", "ch": sentinel}))
+                    continue
+                if probed and (frame["ch"] == sentinel or frame["code"] == "rate_limited"):
+                    break
+                seen.add(frame["code"])
         except websockets.ConnectionClosed:
             code = ws.close_code
             if code in (None, 1006) and oversized:
