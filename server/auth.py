@@ -1,4 +1,8 @@
-"""HS256 tokens: `sub` is the user id as a string, `exp` the expiry (protocol.md, Handshake)."""
+"""HS256 tokens: `sub` is the user id as a string, `exp` the expiry (protocol.md, Handshake).
+
+A token may also carry `channels`, the channels the host decided this user may watch
+(attach.md); such a token must be short-lived.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from datetime import UTC, datetime
 import jwt
 
 ALGORITHM = "HS256"
+MAX_CHANNEL_TOKEN_TTL = 900.0
+MAX_GRANTED_CHANNELS = 100
 
 
 class InvalidToken(Exception):
@@ -19,13 +25,21 @@ class InvalidToken(Exception):
 class Identity:
     user_id: int
     expires_at: float  # UNIX seconds
+    # The `channels` claim: None when the tables decide; else exactly what is granted.
+    channels: frozenset[str] | None = None
 
     @property
     def expires_at_iso(self) -> str:
         return datetime.fromtimestamp(self.expires_at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def verify_token(token: str, secret: str, now: float | None = None) -> Identity:
+def verify_token(
+    token: str,
+    secret: str,
+    now: float | None = None,
+    *,
+    max_channel_ttl: float = MAX_CHANNEL_TOKEN_TTL,
+) -> Identity:
     try:
         claims = jwt.decode(
             token,
@@ -49,10 +63,43 @@ def verify_token(token: str, secret: str, now: float | None = None) -> Identity:
     user_id = int(sub)
     if user_id < 1:
         raise InvalidToken("sub must be a positive user id")
-    return Identity(user_id=user_id, expires_at=float(exp))
+    channels = _channels(claims, float(exp), now, max_channel_ttl)
+    return Identity(user_id=user_id, expires_at=float(exp), channels=channels)
 
 
-def mint_token(user_id: int, secret: str, ttl: float = 3600.0, now: float | None = None) -> str:
+def _channels(
+    claims: dict[str, object], exp: float, now: float, max_ttl: float
+) -> frozenset[str] | None:
+    """The `channels` claim, checked: a list of channel names, on a short-lived token."""
+    if "channels" not in claims:
+        return None
+    from .channels import ChannelError, parse_channel
+
+    raw = claims["channels"]
+    if not isinstance(raw, list) or len(raw) > MAX_GRANTED_CHANNELS:
+        raise InvalidToken("channels must be a list of channel names")
+    try:
+        names = frozenset(parse_channel(name).name for name in raw)
+    except ChannelError:
+        raise InvalidToken("channels must be a list of channel names") from None
+    # Revocation lands at expiry only, so the lifetime is bounded: from issue, and from now.
+    iat = claims.get("iat")
+    issued = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else now
+    if exp - min(float(issued), now) > max_ttl:
+        raise InvalidToken("a channels token lives too long")
+    return names
+
+
+def mint_token(
+    user_id: int,
+    secret: str,
+    ttl: float = 3600.0,
+    now: float | None = None,
+    *,
+    channels: list[str] | None = None,
+) -> str:
     issued = int(time.time() if now is None else now)
-    claims = {"sub": str(user_id), "iat": issued, "exp": issued + int(ttl)}
+    claims: dict[str, object] = {"sub": str(user_id), "iat": issued, "exp": issued + int(ttl)}
+    if channels is not None:
+        claims["channels"] = list(channels)
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
