@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,20 +124,26 @@ async def create_pool(dsn: str, size: int, *, schema: str | None = None) -> asyn
     """The serving pool. With `schema` (attach mode), names resolve in opspush's schema only,
     so the statements below read its views, and every transaction is read-only."""
     settings = {}
-    init = _init_connection
+    setup = None
     if schema is not None:
         settings = {"search_path": quote(schema), "default_transaction_read_only": "on"}
         malformed = MalformedRows()
 
-        async def init(connection: asyncpg.Connection) -> None:
-            await _init_connection(connection)
+        # asyncpg drops log listeners on every release (and warns that one was left): the
+        # listener is added again on every acquire, and that warning is expected here.
+        warnings.filterwarnings(
+            "ignore", message=".*active log listener", category=asyncpg.InterfaceWarning
+        )
+
+        async def setup(connection: asyncpg.pool.PoolConnectionProxy) -> None:
             connection.add_log_listener(malformed)
 
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
-        init=init,
+        init=_init_connection,
+        setup=setup,
         server_settings=settings,
         reset=_keep_session,
         command_timeout=30,
