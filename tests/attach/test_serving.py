@@ -17,6 +17,7 @@ import pytest
 from server.clock import ManualClock
 from tests.attach.conftest import Host, attached_server
 from tests.conftest import RunningServer, Viewer
+from tests.reliability.conftest import wait_until
 
 
 def is_end(frame: dict[str, Any]) -> bool:
@@ -250,9 +251,7 @@ async def test_garbage_json_reads_empty_for_that_row_only_and_is_logged_once(
     # Running runs are re-read every second: several reads, one warning per row.
     stats = attached.engine.stats
     reads = stats.reads["run"]
-    async with asyncio.timeout(15):
-        while stats.reads["run"] < reads + 3:
-            await asyncio.sleep(0.2)
+    await wait_until(lambda: stats.reads["run"] >= reads + 3, what="three more run reads")
     warnings = [r.getMessage() for r in caplog.records if "malformed JSON" in r.getMessage()]
     assert sorted(warnings) == sorted(
         [
