@@ -281,10 +281,16 @@ class DemoHost:
     owner_id: int
 
 
-async def prepare(admin_dsn: str, say: Callable[[str], None]) -> DemoHost:
+async def prepare(
+    admin_dsn: str,
+    say: Callable[[str], None],
+    *,
+    database: str = DEMO_DATABASE,
+    role: str = DEMO_ROLE,
+) -> DemoHost:
     """A fresh seeded console database, attached with triggers, and its serving role."""
     mapping = load(MAPPING)
-    dsn = await create_host(admin_dsn, DEMO_DATABASE)
+    dsn = await create_host(admin_dsn, database)
     db = await asyncpg.connect(dsn)
     try:
         console = Console(db)
@@ -298,11 +304,11 @@ async def prepare(admin_dsn: str, say: Callable[[str], None]) -> DemoHost:
             await console.pack(workspace, tenant, owner)
         await attach.attach(db, mapping, triggers=True, say=say)
         password = secrets.token_urlsafe(16)
-        await db.execute(f"DROP ROLE IF EXISTS {quote(DEMO_ROLE)}")
-        await create_serving_role(db, DEMO_ROLE, password, mapping.schema)
+        await db.execute(f"DROP ROLE IF EXISTS {quote(role)}")
+        await create_serving_role(db, role, password, mapping.schema)
     finally:
         await db.close()
-    return DemoHost(dsn, as_role(dsn, DEMO_ROLE, password), workspace, tenants, owner)
+    return DemoHost(dsn, as_role(dsn, role, password), workspace, tenants, owner)
 
 
 class HostSimulator:

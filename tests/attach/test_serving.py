@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
+from server import host_demo
 from server.clock import ManualClock
 from tests.attach.conftest import Host, attached_server
-from tests.conftest import RunningServer, Viewer
+from tests.conftest import RunningServer, Viewer, running_server
 from tests.reliability.conftest import wait_until
 
 
@@ -303,3 +306,32 @@ async def test_triggers_wake_runs_cards_walls_and_access(
         if frame["type"] == "end":
             ends.add((frame["ch"], frame["reason"]))
     assert ends == {(f"run:{run}", "revoked"), (f"review-pack:{tenant}", "revoked")}
+
+
+async def test_the_attach_demo_host_moves_and_is_served(
+    postgres_server: dict[str, Any], viewers: list[Viewer]
+) -> None:
+    """`opspush demo --attach`'s host: seeded, attached, simulated, served as its role."""
+    suffix = uuid.uuid4().hex[:8]
+    admin_dsn = postgres_server["dsn"]
+    name, role = f"opspush_demo_{suffix}", f"opspush_demo_serve_{suffix}"
+    demo = await host_demo.prepare(admin_dsn, say=lambda _line: None, database=name, role=role)
+    db = await asyncpg.connect(demo.dsn)
+    try:
+        simulator = host_demo.HostSimulator(db, demo, seed_value=1)
+        async with running_server(demo.serving_dsn, attach_schema="opspush") as served:
+            viewer = await served.connect(demo.owner_id)
+            viewers.append(viewer)
+            assert (await viewer.subscribe(f"operations:{demo.workspace_id}"))["type"] == "state"
+            while not (await db.fetchval("SELECT count(*) FROM operation_runs")):
+                await simulator.step()
+            await simulator.step()
+            served.engine.wake_all()  # the tick would get there within 10 s
+            frame = await viewer.until(lambda f: f["type"] == "state" and f["data"]["runs"])
+            assert frame["data"]["workspace_id"] == demo.workspace_id
+    finally:
+        await db.close()
+        admin = await asyncpg.connect(admin_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
