@@ -47,7 +47,10 @@ async def host(postgres_server: dict[str, Any]) -> AsyncIterator[Host]:
     role = f"opspush_serve_{uuid.uuid4().hex[:10]}"
     dsn = await create_host(admin_dsn, name)
     admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f"ALTER DATABASE {quote(name)} SET timezone TO 'America/New_York'")
+    try:
+        await admin.execute(f"ALTER DATABASE {quote(name)} SET timezone TO 'America/New_York'")
+    finally:
+        await admin.close()
     mapping = load(MAPPING)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     assert pool is not None
@@ -68,9 +71,13 @@ async def host(postgres_server: dict[str, Any]) -> AsyncIterator[Host]:
         )
     finally:
         await pool.close()
-        await admin.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
-        await admin.execute(f"DROP ROLE IF EXISTS {quote(role)}")
-        await admin.close()
+        # A new connection: fault tests may have restarted the server meanwhile.
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+            await admin.execute(f"DROP ROLE IF EXISTS {quote(role)}")
+        finally:
+            await admin.close()
 
 
 @contextlib.asynccontextmanager
