@@ -141,7 +141,11 @@ async def _resolve_table(db: Db, mapping: Mapping, resolved: Resolved, problems:
                 f"{table.name}.{column}: {expression!r} on {table.source}: {_one_line(error)}"
             )
             continue
-        type_name = statement.get_attributes()[0].type.name
+        attributes = statement.get_attributes()
+        if len(attributes) != 1:
+            problems.append(f"{table.name}.{column}: {expression!r} must be one expression")
+            continue
+        type_name = attributes[0].type.name
         resolved.types[column] = type_name
         if type_name not in _ACCEPTS[kind]:
             problems.append(

@@ -16,7 +16,7 @@ import pytest
 from server import attach
 from server.host_demo import MAPPING, create_host
 from server.mapping import DOMAIN, load, quote
-from tests.attach.conftest import Host, dump_schema
+from tests.attach.conftest import Host, dump_schema, pg_dump
 
 
 def opspush(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -157,6 +157,14 @@ async def test_host_schema_identical_before_attach_and_after_detach(
         entries_before, entries_during = entries(before), entries(during)
         added = [entry for entry in entries_during if entry not in entries_before]
         assert all(entry in entries_during for entry in entries_before)
+        version = await asyncio.to_thread(
+            subprocess.run, [pg_dump(), "--version"], capture_output=True, text=True
+        )
+        print(
+            f"{version.stdout.strip()}: {len(before.splitlines())} lines before attach, "
+            f"{len(after.splitlines())} after detach, identical: {before == after}; "
+            f"{len(added)} entries added in between:"
+        )
         print("\n\n".join(added))
         assert len(added) == 7, added
         assert all(

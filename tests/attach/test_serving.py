@@ -265,6 +265,22 @@ async def test_garbage_json_reads_empty_for_that_row_only_and_is_logged_once(
     ), warnings
 
 
+async def test_start_up_says_in_one_line_how_changes_are_seen(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="opspush.service")
+    async with attached_server(host, notify=False):
+        pass
+    async with attached_server(host, notify=True):
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "opspush.service"]
+    assert lines == [
+        "attach mode: serving from schema opspush without notification triggers: changes are "
+        "seen by the tick alone (runs within their interval, access within 1 s)",
+        "attach mode: serving from schema opspush; 7 host triggers notify",
+    ]
+
+
 @pytest.fixture
 async def notified(host: Host, clock: ManualClock) -> AsyncIterator[RunningServer]:
     """Attach mode with triggers, on a clock that never moves: frames come by NOTIFY only."""
