@@ -107,3 +107,18 @@ async def test_a_long_lived_channels_token_is_refused_with_4401(
         viewer = await connect_with(server, mint_token(user, SECRET, ttl=60, channels=["run:1"]))
         viewers.append(viewer)
         assert (await viewer.recv())["type"] == "welcome"
+
+
+def test_the_token_command_mints_a_channels_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    monkeypatch.setenv("OPSPUSH_SECRET", SECRET)
+    monkeypatch.delenv("OPSPUSH_CONFIG", raising=False)
+    assert main(["token", "--user", "7", "--ttl", "300", "--channel", "run:42"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert verify_token(token, SECRET).channels == frozenset({"run:42"})
+    assert main(["token", "--user", "7", "--ttl", "901", "--channel", "run:42"]) == 2
+    assert main(["token", "--user", "7", "--ttl", "60", "--channel", "operations:x"]) == 2
+    assert capsys.readouterr().err.count("\n") == 2  # one line each
