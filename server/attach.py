@@ -403,7 +403,7 @@ async def attach(db: Db, mapping: Mapping, *, triggers: bool, say: Callable[[str
                 f"[attach] schema: {mapping.schema!r} exists and was not made by opspush attach"
             )
         if report.problems:
-            raise _Refused(report)
+            raise Refused(report)
         if ours is None:
             await db.execute(f"CREATE SCHEMA {schema}")
             say(f"created schema {mapping.schema}")
@@ -454,7 +454,7 @@ async def detach(db: Db, mapping: Mapping, *, say: Callable[[str], None]) -> boo
         if ours is None:
             return False
         if ours is False:
-            raise _Refused(
+            raise Refused(
                 Report(
                     problems=[
                         f"[attach] schema: {mapping.schema!r} was not made by opspush attach; "
@@ -485,13 +485,12 @@ async def triggers_installed(db: Db | asyncpg.Pool, schema: str) -> int:
     return count
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """The mapping is not usable (or the schema is not ours): nothing was written."""
+
     def __init__(self, report: Report) -> None:
         super().__init__("; ".join(report.problems))
         self.report = report
-
-
-Refused = _Refused
 
 
 async def _drop(db: Db, schema: str, key: str) -> None:
