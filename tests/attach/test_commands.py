@@ -251,3 +251,12 @@ async def test_the_serving_role_reads_the_views_and_nothing_else_and_writes_noth
                 await db.execute(statement)
     finally:
         await db.close()
+
+
+def test_opspush_config_puts_serve_in_attach_mode() -> None:
+    from server.config import Settings
+
+    env = {"OPSPUSH_SECRET": "s" * 40, "OPSPUSH_CONFIG": str(MAPPING)}
+    settings = Settings.from_env(env)
+    assert (settings.attached, settings.attach_schema) == (True, "opspush")
+    assert not Settings.from_env({"OPSPUSH_SECRET": "s" * 40}).attached
