@@ -13,6 +13,8 @@ ALGORITHM = "HS256"
 DEFAULT_MAX_TTL: Final = 24 * 3600.0  # OPSPUSH_MAX_TOKEN_TTL
 CLOCK_SKEW_LEEWAY: Final = 30.0  # seconds an `iat`/`nbf` may lie in our future
 MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime holds
+MAX_CHANNEL_TOKEN_TTL: Final = 900.0  # OPSPUSH_MAX_CHANNEL_TOKEN_TTL (attach.md)
+MAX_GRANTED_CHANNELS: Final = 100
 
 
 class InvalidToken(Exception):
@@ -23,6 +25,8 @@ class InvalidToken(Exception):
 class Identity:
     user_id: int
     expires_at: float  # UNIX seconds
+    # The `channels` claim: None when the tables decide; else exactly what is granted.
+    channels: frozenset[str] | None = None
 
     @property
     def expires_at_iso(self) -> str:
@@ -36,12 +40,14 @@ def verify_token(
     *,
     max_ttl: float = DEFAULT_MAX_TTL,
     leeway: float = CLOCK_SKEW_LEEWAY,
+    max_channel_ttl: float = MAX_CHANNEL_TOKEN_TTL,
 ) -> Identity:
     """The identity a token names, or InvalidToken.
 
     `exp` is exact (protocol.md); `iat` and `nbf` may be up to `leeway` seconds in the
     future (the host's clock may run ahead of ours); a token may live at most `max_ttl`
-    seconds (`exp - iat`, or `exp - now` without `iat`).
+    seconds (`exp - iat`, or `exp - now` without `iat`), and one with a `channels` claim at
+    most `max_channel_ttl` (counted from issue and from now: revocation lands at expiry).
     """
     try:
         claims = jwt.decode(
@@ -77,7 +83,28 @@ def verify_token(
     user_id = int(sub)
     if user_id < 1:
         raise InvalidToken("sub must be a positive user id")
-    return Identity(user_id=user_id, expires_at=exp)
+    issued = now if iat is None else min(iat, now)
+    return Identity(
+        user_id=user_id, expires_at=exp, channels=_channels(claims, exp - issued, max_channel_ttl)
+    )
+
+
+def _channels(claims: dict[str, Any], lifetime: float, max_ttl: float) -> frozenset[str] | None:
+    """The `channels` claim, checked: a list of channel names, on a short-lived token."""
+    if "channels" not in claims:
+        return None
+    from .channels import ChannelError, parse_channel
+
+    raw = claims["channels"]
+    if not isinstance(raw, list) or len(raw) > MAX_GRANTED_CHANNELS:
+        raise InvalidToken("channels must be a list of channel names")
+    try:
+        names = frozenset(parse_channel(name).name for name in raw)
+    except ChannelError:
+        raise InvalidToken("channels must be a list of channel names") from None
+    if lifetime > max_ttl:
+        raise InvalidToken("a channels token lives too long")
+    return names
 
 
 def _timestamp(claims: dict[str, Any], name: str) -> float | None:
@@ -96,7 +123,16 @@ def _timestamp(claims: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def mint_token(user_id: int, secret: str, ttl: float = 3600.0, now: float | None = None) -> str:
+def mint_token(
+    user_id: int,
+    secret: str,
+    ttl: float = 3600.0,
+    now: float | None = None,
+    *,
+    channels: list[str] | None = None,
+) -> str:
     issued = int(time.time() if now is None else now)
-    claims = {"sub": str(user_id), "iat": issued, "exp": issued + int(ttl)}
+    claims: dict[str, object] = {"sub": str(user_id), "iat": issued, "exp": issued + int(ttl)}
+    if channels is not None:
+        claims["channels"] = list(channels)
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -1,4 +1,4 @@
-"""The `opspush` command: serve, migrate, token, demo, simulate."""
+"""The `opspush` command: serve, migrate, attach, detach, token, demo, simulate."""
 
 from __future__ import annotations
 
@@ -40,14 +40,40 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the sql/ migrations to DATABASE_URL")
     migrate.set_defaults(func=_migrate)
 
+    attach = commands.add_parser(
+        "attach", help="create or update opspush's schema of views in the host database"
+    )
+    attach.add_argument("--config", required=True, help="the mapping file (TOML)")
+    mode = attach.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--triggers", action="store_true", help="also (re)create the notification triggers"
+    )
+    mode.add_argument("--check", action="store_true", help="check the mapping; change nothing")
+    attach.set_defaults(func=_attach)
+
+    detach = commands.add_parser("detach", help="drop opspush's schema and its triggers")
+    detach.add_argument("--config", required=True, help="the mapping file (TOML)")
+    detach.set_defaults(func=_detach)
+
     token = commands.add_parser("token", help="mint a token for a user (OPSPUSH_SECRET)")
     token.add_argument("--user", type=int, required=True)
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.add_argument(
+        "--channel",
+        action="append",
+        dest="channels",
+        help="grant this channel only (repeatable; a `channels` token, see attach.md)",
+    )
     token.set_defaults(func=_token)
 
     demo = commands.add_parser("demo", help="embedded database, simulator and server")
     demo.add_argument("--host", help="overrides OPSPUSH_HOST")
     demo.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
+    demo.add_argument(
+        "--attach",
+        action="store_true",
+        help="attach mode: a seeded Laravel-shaped console database, served through views",
+    )
     demo.set_defaults(func=_demo)
 
     simulate = commands.add_parser("simulate", help="run only the demo simulator")
@@ -111,6 +137,8 @@ def run_server(settings: Settings, dsn: str, *, extra: Any = None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(settings.log_level)
+    if settings.attached and not settings.database_url:
+        raise ConfigError("OPSPUSH_CONFIG (attach mode) needs DATABASE_URL: the host's database")
     with database(settings) as dsn:
         if not settings.database_url:
             _apply_migrations(dsn)  # the embedded database is ours to keep current
@@ -125,6 +153,11 @@ def _apply_migrations(dsn: str) -> list[str]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    if os.environ.get("OPSPUSH_CONFIG"):
+        raise ConfigError(
+            "migrate refused: OPSPUSH_CONFIG is set (attach mode), and the host's schema is not "
+            "opspush's to migrate; run `opspush attach --config FILE` instead"
+        )
     applied = _apply_migrations(_database_url_only())
     print(f"applied: {', '.join(applied)}" if applied else "up to date")
     return 0
@@ -141,11 +174,42 @@ def _token(args: argparse.Namespace) -> int:
             f"--ttl must be at most OPSPUSH_MAX_TOKEN_TTL ({settings.max_token_ttl} s): "
             "a longer-lived token would be refused"
         )
-    print(mint_token(args.user, settings.secret, ttl=args.ttl))
+    if args.channels:
+        from .channels import ChannelError, parse_channel
+
+        for name in args.channels:
+            try:
+                parse_channel(name)
+            except ChannelError as error:
+                raise ConfigError(f"--channel {name!r}: {error.message}") from None
+        if args.ttl > settings.max_channel_token_ttl:
+            raise ConfigError(
+                f"--ttl: a token with --channel lives at most {settings.max_channel_token_ttl:g} s "
+                "(OPSPUSH_MAX_CHANNEL_TOKEN_TTL)"
+            )
+    print(mint_token(args.user, settings.secret, ttl=args.ttl, channels=args.channels))
     return 0
 
 
+def _attach(args: argparse.Namespace) -> int:
+    from .attach_cli import attach_command
+
+    return attach_command(
+        _database_url_only(), args.config, check=args.check, triggers=args.triggers
+    )
+
+
+def _detach(args: argparse.Namespace) -> int:
+    from .attach_cli import detach_command
+
+    return detach_command(_database_url_only(), args.config)
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.attach:
+        from .attach_cli import demo_attach
+
+        return demo_attach(args)
     env = dict(os.environ)
     env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
     env.setdefault("OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo"))
@@ -159,7 +223,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _demo_startup(settings: Settings) -> Any:
     """Seed, start the simulator beside the server, and print where to look."""
-    from .auth import mint_token
     from .demo import Simulator, seed
 
     async def start(service: Any) -> Any:
@@ -168,24 +231,37 @@ def _demo_startup(settings: Settings) -> Any:
             ids = await seed(connection)
         simulator = Simulator(pool, ids)
         await simulator.ensure_activity()
-        token = mint_token(ids.owner_id, settings.secret, ttl=12 * 3600)
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-        base = f"http://{host}:{settings.port}"
         first_run = await pool.fetchval(
             "SELECT max(id) FROM operation_runs WHERE workspace_id = $1", ids.workspace_id
         )
-        print(
-            "\nopspush demo is running\n"
-            f"  wall:        {base}/wall/{ids.workspace_id}#token={token}\n"
-            f"  run viewer:  {base}/runs/{first_run or 1}#token={token}\n"
-            f"  review pack: {base}/tenants/{ids.tenant_ids[0]}/review-pack#token={token}\n"
-            f"  WebSocket:   ws://{host}:{settings.port}/ws\n"
-            f"  token (user {ids.owner_id}, owner): {token}\n",
-            flush=True,
-        )
+        _demo_links(settings, ids.workspace_id, ids.tenant_ids, ids.owner_id, first_run)
         return simulator.run()
 
     return start
+
+
+def _demo_links(
+    settings: Settings,
+    workspace_id: int,
+    tenant_ids: list[int],
+    owner_id: int,
+    first_run: int | None,
+) -> None:
+    from .auth import mint_token
+
+    token = mint_token(owner_id, settings.secret, ttl=12 * 3600)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    mode = " (attach mode)" if settings.attached else ""
+    print(
+        f"\nopspush demo is running{mode}\n"
+        f"  wall:        {base}/wall/{workspace_id}#token={token}\n"
+        f"  run viewer:  {base}/runs/{first_run or 1}#token={token}\n"
+        f"  review pack: {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
+        f"  WebSocket:   ws://{host}:{settings.port}/ws\n"
+        f"  token (user {owner_id}, owner): {token}\n",
+        flush=True,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:

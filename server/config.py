@@ -56,6 +56,14 @@ class Settings:
     metrics_token: str | None = None  # None: /metrics is open (keep it internal)
     frame_ancestors: str = "'none'"  # CSP frame-ancestors of the pages
     log_level: str = "info"
+    # Attach mode (attach.md): the mapping file and opspush's schema in the host database.
+    config_file: str | None = None  # OPSPUSH_CONFIG; None: standalone
+    attach_schema: str | None = None
+    max_channel_token_ttl: float = 900.0  # a token with a `channels` claim lives this long at most
+
+    @property
+    def attached(self) -> bool:
+        return self.attach_schema is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,7 +74,13 @@ class Settings:
         if len(secret) < MIN_SECRET_LENGTH:
             raise ConfigError(f"OPSPUSH_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         defaults = cls(secret=secret)
+        config_file = env.get("OPSPUSH_CONFIG") or None
         return cls(
+            config_file=config_file,
+            attach_schema=None if config_file is None else attach_schema(config_file),
+            max_channel_token_ttl=_float(
+                env, "OPSPUSH_MAX_CHANNEL_TOKEN_TTL", defaults.max_channel_token_ttl, 1, 86_400
+            ),
             secret=secret,
             database_url=_database_url(env.get("DATABASE_URL") or None),
             allowed_origins=_origins(env.get("OPSPUSH_ALLOWED_ORIGINS", "")),
@@ -128,6 +142,16 @@ class Settings:
 def default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
     return os.path.join(base, "opspush", "pgdata")
+
+
+def attach_schema(path: str) -> str:
+    """opspush's schema named by a mapping file (validated whole: a bad file stops start-up)."""
+    from .mapping import MappingError, load
+
+    try:
+        return load(path).schema
+    except MappingError as error:
+        raise ConfigError(f"OPSPUSH_CONFIG: {error}") from None
 
 
 def _database_url(value: str | None) -> str | None:

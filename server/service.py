@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +27,8 @@ from .storage import Storage, create_pool
 
 if TYPE_CHECKING:
     from .websocket import Session
+
+log = logging.getLogger("opspush.service")
 
 
 class Service:
@@ -62,7 +65,10 @@ class Service:
         return self.engine.storage
 
     async def start(self) -> None:
-        self._pool = await create_pool(self.dsn, self.settings.pool_size)
+        schema = self.settings.attach_schema
+        self._pool = await create_pool(self.dsn, self.settings.pool_size, schema=schema)
+        if schema is not None:
+            await self._announce_attach(schema)
         self._engine = Engine(
             Storage(self._pool),
             clock=self.clock,
@@ -74,6 +80,22 @@ class Service:
         if self.settings.notify:
             self.listener = Listener(self.dsn, self._engine, window=self.settings.notify_window)
             self.listener.start()
+
+    async def _announce_attach(self, schema: str) -> None:
+        from .attach import triggers_installed
+
+        triggers = await triggers_installed(self.pool, schema)
+        if triggers and self.settings.notify:
+            log.info(
+                "attach mode: serving from schema %s; %d host triggers notify", schema, triggers
+            )
+        else:
+            log.warning(
+                "attach mode: serving from schema %s without notification triggers: changes are "
+                "seen by the tick alone (runs within their interval, access within %g s)",
+                schema,
+                2 * self.settings.recheck_interval,
+            )
 
     async def stop(self) -> None:
         """Close every socket with 1012, wait a bounded drain, then the engine and the pool."""

@@ -7,6 +7,8 @@ that is what keeps database load flat as viewers grow.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +16,14 @@ from datetime import datetime
 import asyncpg
 
 from .access import CapabilityTable, UserFacts
+from .mapping import quote
 
 Row = asyncpg.Record
+
+log = logging.getLogger("opspush.storage")
+
+MALFORMED_JSON = "opspush-malformed-json"  # the DETAIL of attach.py's json_or NOTICE
+MAX_REPORTED_ROWS = 10_000
 
 _RUN_COLUMNS = """
     r.id, r.workspace_id, r.tenant_id, r.type, r.status, r.outcome, r.summary_counts,
@@ -92,12 +100,51 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+class MalformedRows:
+    """Logs a host row whose JSON reads as empty once, however often it is read.
+
+    In attach mode the views say so with a NOTICE on every read of that row (a function
+    cannot remember); this keeps one warning per row and column in the log.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, _connection: object, message: asyncpg.PostgresLogMessage) -> None:
+        if getattr(message, "detail", None) != MALFORMED_JSON:
+            return
+        text = str(getattr(message, "message", message))
+        if text in self.seen or len(self.seen) >= MAX_REPORTED_ROWS:
+            return
+        self.seen.add(text)
+        log.warning("%s", text)
+
+
+async def create_pool(dsn: str, size: int, *, schema: str | None = None) -> asyncpg.Pool:
+    """The serving pool. With `schema` (attach mode), names resolve in opspush's schema only,
+    so the statements below read its views, and every transaction is read-only."""
+    settings = {}
+    setup = None
+    if schema is not None:
+        settings = {"search_path": quote(schema), "default_transaction_read_only": "on"}
+        malformed = MalformedRows()
+
+        # asyncpg drops log listeners on every release (and warns that one was left): the
+        # listener is added again on every acquire, and that warning is expected here.
+        warnings.filterwarnings(
+            "ignore", message=".*active log listener", category=asyncpg.InterfaceWarning
+        )
+
+        async def setup(connection: asyncpg.pool.PoolConnectionProxy) -> None:
+            connection.add_log_listener(malformed)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
         init=_init_connection,
+        setup=setup,
+        server_settings=settings,
         reset=_keep_session,
         command_timeout=30,
         # The hot statements are few and fixed: prepared once per connection.

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import protocol
 from .auth import Identity, InvalidToken, verify_token
-from .channels import Channel
+from .channels import Channel, Kind
 from .outbox import Outbox
 from .protocol import ProtocolError
 
@@ -157,9 +157,16 @@ class Session:
                         channel.name, "too_many_subscriptions", "subscription limit reached"
                     )
                     return
+                granted = self.identity.channels
+                if granted is not None and (
+                    channel.name not in granted or channel.kind is Kind.WALL
+                ):
+                    # The host decided this token's channels; walls are filtered per user.
+                    self._error(channel.name, "forbidden", "not granted by this token")
+                    return
                 self.channels.add(channel)
                 self.outbox.cancel_close()
-                engine.subscribe(self, channel)
+                engine.subscribe(self, channel, granted=granted is not None)
             case protocol.Unsubscribe(channel):
                 if channel in self.channels:
                     self.channels.discard(channel)
@@ -250,7 +257,12 @@ async def _handshake(websocket: WebSocket, service: Service) -> Identity | int |
     if not isinstance(command, protocol.Hello):
         return protocol.CLOSE_UNAUTHENTICATED
     try:
-        identity = verify_token(command.token, settings.secret, max_ttl=settings.max_token_ttl)
+        identity = verify_token(
+            command.token,
+            settings.secret,
+            max_ttl=settings.max_token_ttl,
+            max_channel_ttl=settings.max_channel_token_ttl,
+        )
     except InvalidToken as error:
         log.info("refused a token: %s", error)  # the reason only; never the token
         return protocol.CLOSE_UNAUTHENTICATED
