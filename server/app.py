@@ -20,6 +20,8 @@ from . import metrics
 from .clock import Clock
 from .config import Settings
 from .http_api import review_pack_endpoint, run_endpoint
+from .pusher_api import batch_events_endpoint, events_endpoint, terminate_endpoint
+from .pusher_socket import pusher_endpoint
 from .service import Service
 from .tasks import cancel_and_wait
 from .websocket import KeepServerSend, websocket_endpoint
@@ -92,8 +94,19 @@ def create_app(
         Route("/runs/{run_id:int}", page("run.html")),
         Route("/tenants/{tenant_id:int}/review-pack", page("review-pack.html")),
         Route("/wall/{workspace_id:int}", page("wall.html")),
+        Route("/echo/runs/{run_id:int}", page("echo-run.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
+    if settings.pusher is not None:
+        # pusher.md: the endpoint and the HTTP API are there when the app is configured.
+        terminate = "/users/{user_id}/terminate_connections"
+        routes += [
+            WebSocketRoute("/app/{key}", pusher_endpoint),
+            Route("/apps/{app_id}/events", events_endpoint, methods=["POST"]),
+            Route("/apps/{app_id}/batch_events", batch_events_endpoint, methods=["POST"]),
+            Route("/apps/{app_id}" + terminate, terminate_endpoint, methods=["POST"]),
+            Route(terminate, terminate_endpoint, methods=["POST"]),
+        ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeepServerSend)])
     app.state.service = service
     return app
