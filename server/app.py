@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import metrics
@@ -43,11 +43,13 @@ def create_app(
     *,
     clock: Clock | None = None,
     on_startup: BackgroundHook | None = None,
+    extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """Build the ASGI app. `dsn` is the database to use (DATABASE_URL or the embedded one).
 
     `on_startup` runs once the service is up and may return a coroutine to run beside the
     server for its whole life (the demo's simulator); the lifespan owns and cancels it.
+    `extra_routes`: more routes (the demo's stand-in for the host's /broadcasting/auth).
     """
     service = Service(settings, dsn, clock=clock)
     registry = metrics.build_registry(service.stats, lambda: len(service.sessions))
@@ -84,7 +86,7 @@ def create_app(
 
         return endpoint  # type: ignore[return-value]
 
-    routes = [
+    routes: list[BaseRoute] = [
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -97,6 +99,7 @@ def create_app(
         Route("/echo/runs/{run_id:int}", page("echo-run.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
+    routes += extra_routes or []
     if settings.pusher is not None:
         # pusher.md: the endpoint and the HTTP API are there when the app is configured.
         terminate = "/users/{user_id}/terminate_connections"
