@@ -18,16 +18,23 @@ from typing import Any, Final
 import asyncpg
 
 CHANNEL: Final = "opspush_pusher"  # the LISTEN channel, beside notifications.CHANNEL
-CHUNK: Final = 7000  # characters of ASCII JSON per payload, under the 8000-byte limit
+CHUNK: Final = 7900  # bytes of JSON per payload; with its header, under the 8000-byte limit
 MAX_PARTIAL: Final = 256  # messages being reassembled at once; past this the oldest is dropped
 PARTIAL_SECONDS: Final = 30.0  # a message whose chunks stop coming is dropped after this
 
 
-def chunks(message: dict[str, Any]) -> list[str]:
-    """`<id>:<index>:<count>:<piece>` payloads; ASCII JSON, so characters are bytes."""
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=True)
+def chunks(message: dict[str, Any], size: int = CHUNK) -> list[str]:
+    """`<id>:<index>:<count>:<piece>` payloads, cut between UTF-8 characters."""
+    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    pieces: list[str] = []
+    start = 0
+    while start < len(data) or not pieces:
+        end = min(len(data), start + size - 64)  # room for the header
+        while end < len(data) and data[end] & 0xC0 == 0x80:
+            end -= 1  # never inside a character: each payload must be valid text
+        pieces.append(data[start:end].decode())
+        start = end
     message_id = secrets.token_hex(8)
-    pieces = [text[i : i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
     return [f"{message_id}:{i}:{len(pieces)}:{piece}" for i, piece in enumerate(pieces)]
 
 
