@@ -166,8 +166,9 @@ class Service:
 
         A socket with no user (Pusher, before sign-in) is counted per address only.
         """
+        counts: Counter[Any] = self.per_user if session.user_id is not None else Counter()
         limit = self.settings.max_connections_per_user if session.user_id is not None else 0
-        with _counted(self.per_user, session.user_id, limit) as admitted:
+        with _counted(counts, session.user_id, limit) as admitted:
             if not admitted:
                 yield False
                 return
