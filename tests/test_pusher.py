@@ -358,3 +358,22 @@ async def test_terminate_connections_closes_that_users_sockets(
     assert await signed_in.closed() == 4009
     await bystander.send("pusher:ping")
     assert (await bystander.recv())["event"] == "pusher:pong"
+
+
+async def test_a_hidden_tab_unsubscribes_and_resubscribes(
+    ps: RunningServer, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """No pause in Pusher: leaving and coming back gives subscription_succeeded and the state."""
+    ws = await db.workspace()
+    run = await db.run(ws, status="running")
+    socket = await _open(ps, sockets)
+    channel = f"private-opspush.run.{run}"
+    auth = channel_auth(host(ps), socket.socket_id, channel)
+    assert (await socket.subscribe(channel, auth))["event"].endswith("subscription_succeeded")
+    assert (await socket.recv())["data"]["data"]["status"] == "running"
+    await socket.send("pusher:unsubscribe", {"channel": channel})
+    await db.update_run(run, summary_counts={"total": 4, "processed": 2})
+    again = await socket.subscribe(channel, auth)
+    assert again["event"] == "pusher_internal:subscription_succeeded"
+    state = await socket.recv()
+    assert state["event"] == "opspush.state" and state["data"]["data"]["progress"] == 0.5
