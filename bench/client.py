@@ -1,4 +1,5 @@
-"""A load client process: many viewers, either on /ws (push) or polling the HTTP API.
+"""A load client process: many viewers, on /ws (push), on the Pusher endpoint (the same
+viewers as Echo connects them: signed private channels), or polling the HTTP API.
 
 The WebSocket side is a minimal RFC 6455 client on asyncio.Protocol (no task, no parser
 generator per frame), so one process holds thousands of sockets on a fraction of a core.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -24,7 +27,15 @@ import time
 from array import array
 from typing import Any
 
-from bench.common import SECRET, parse_cpus, pin, raise_fd_limit, use_uvloop
+from bench.common import (
+    PUSHER_KEY,
+    PUSHER_SECRET,
+    SECRET,
+    parse_cpus,
+    pin,
+    raise_fd_limit,
+    use_uvloop,
+)
 
 ZERO_MASK = b"\x00\x00\x00\x00"  # a legal mask key; masking with it leaves the payload as is
 
@@ -75,10 +86,11 @@ class Stats:
 class WSProtocol(asyncio.Protocol):
     """One WebSocket: handshake, then frames; server frames are never masked."""
 
-    def __init__(self, viewer: Viewer, hello: bytes, subscribe: bytes) -> None:
+    def __init__(self, viewer: Viewer, hello: bytes, subscribe: bytes, path: str = "/ws") -> None:
         self.viewer = viewer
         self.hello = hello
-        self.subscribe = subscribe
+        self.subscribe = subscribe  # empty on the Pusher endpoint: sent once the socket id is known
+        self.path = path
         self.buffer = bytearray()
         self.upgraded = False
         self.transport: asyncio.Transport | None = None
@@ -90,7 +102,7 @@ class WSProtocol(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         self.transport.write(
             (
-                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -109,7 +121,8 @@ class WSProtocol(asyncio.Protocol):
             del buf[: end + 4]
             self.upgraded = True
             assert self.transport is not None
-            self.transport.write(text_frame(self.hello) + text_frame(self.subscribe))
+            if self.subscribe:
+                self.transport.write(text_frame(self.hello) + text_frame(self.subscribe))
         while len(buf) >= 2:
             b0, b1 = buf[0], buf[1]
             n = b1 & 0x7F
@@ -130,7 +143,7 @@ class WSProtocol(asyncio.Protocol):
             del buf[: pos + n]
             opcode = b0 & 0x0F
             if opcode == 1:
-                self.viewer.on_text(payload)
+                self.viewer.on_text(payload, self)
             elif opcode == 9:
                 assert self.transport is not None
                 self.transport.write(control_frame(10, payload))
@@ -190,8 +203,11 @@ class Viewer:
         if not self.ready.done():
             self.ready.set_result(None)
 
-    def on_text(self, payload: bytes) -> None:
+    def on_text(self, payload: bytes, proto: WSProtocol) -> None:
         frame = json.loads(payload)
+        if "event" in frame:
+            self.on_pusher(frame, proto)
+            return
         kind = frame.get("type")
         if kind == "state":
             self.observe(seq_of(frame["ch"], frame["data"]))
@@ -199,6 +215,37 @@ class Viewer:
             self.ended = True
         elif kind == "error":
             code = frame.get("code", "?")
+            self.client.stats.errors[code] = self.client.stats.errors.get(code, 0) + 1
+
+    def on_pusher(self, frame: dict[str, Any], proto: WSProtocol) -> None:
+        """The Pusher endpoint: subscribe once connected, as Echo does with a signed channel."""
+        event = frame["event"]
+        assert proto.transport is not None
+        if event == "opspush.state":
+            assert self.segment is not None
+            self.observe(seq_of(self.segment.ch, json.loads(frame["data"])["data"]))
+        elif event == "opspush.end":
+            # Echo would stay connected and subscribe to the next run; leaving the socket
+            # keeps this the same cycle as /ws's close 4000.
+            self.ended = True
+            proto.finish(4000)
+        elif event == "pusher:connection_established":
+            socket_id = json.loads(frame["data"])["socket_id"]
+            assert self.segment is not None
+            kind, _, ref = self.segment.ch.partition(":")
+            channel = f"private-opspush.{kind}.{ref}"
+            signature = hmac.new(
+                PUSHER_SECRET.encode(), f"{socket_id}:{channel}".encode(), hashlib.sha256
+            ).hexdigest()
+            subscribe = {
+                "event": "pusher:subscribe",
+                "data": {"channel": channel, "auth": f"{PUSHER_KEY}:{signature}"},
+            }
+            proto.transport.write(text_frame(json.dumps(subscribe).encode()))
+        elif event == "pusher:ping":
+            proto.transport.write(text_frame(b'{"event":"pusher:pong","data":{}}'))
+        elif event in ("pusher:subscription_error", "pusher:error"):
+            code = f"{event}:{frame['data']}"[:80]
             self.client.stats.errors[code] = self.client.stats.errors.get(code, 0) + 1
 
     def start_segment(self, ch: str) -> None:
@@ -217,17 +264,20 @@ class Viewer:
         loop = asyncio.get_running_loop()
         client = self.client
         hello = json.dumps({"op": "hello", "token": client.token(self.user)}).encode()
+        pusher = client.mode == "pusher"
+        path = f"/app/{PUSHER_KEY}?protocol=7" if pusher else "/ws"
         ch: str | None = self.channel()
         backoff = 0.5
         while True:
             if ch is None:
                 ch = await self.next_channel(None)
-            sub = json.dumps({"op": "subscribe", "ch": ch}).encode()
+            sub = b"" if pusher else json.dumps({"op": "subscribe", "ch": ch}).encode()
             self.ended = False
+            self.start_segment(ch)
             async with client.connecting:
                 try:
                     _, proto = await loop.create_connection(
-                        lambda: WSProtocol(self, hello, sub),  # noqa: B023
+                        lambda: WSProtocol(self, hello, sub, path),  # noqa: B023
                         "127.0.0.1",
                         client.port,
                         local_addr=(self.source, 0),
@@ -237,7 +287,6 @@ class Viewer:
                     await asyncio.sleep(backoff)
                     backoff = min(10.0, backoff * 2)
                     continue
-            self.start_segment(ch)
             client.sockets.add(proto)
             try:
                 code = await proto.done
@@ -317,6 +366,7 @@ class Client:
     def __init__(self, args: argparse.Namespace, plan: dict[str, Any]) -> None:
         self.args = args
         self.port = plan["port"]
+        self.mode = plan["mode"]
         self.slots_path = plan["slots"]
         self.stagger = plan.get("stagger", 5.0)
         self.slots: dict[int, int] = {}

@@ -8,6 +8,8 @@ import resource
 
 WRITER_MARK = "/* bench-writer */"  # ends every writer statement, so they can be excluded
 SECRET = "opspush-bench-secret-0123456789abcdef0123"
+# The Pusher app of the `pusher` mode (OPSPUSH_PUSHER_*): the same viewers over /app/{key}.
+PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET = "bench", "bench-key", "bench-pusher-secret-0123456789"
 
 
 def raise_fd_limit(wanted: int = 65536) -> int:

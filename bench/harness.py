@@ -32,11 +32,20 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.common import SECRET, WRITER_MARK, parse_cpus, pin, raise_fd_limit
+from bench.common import (
+    PUSHER_APP_ID,
+    PUSHER_KEY,
+    PUSHER_SECRET,
+    SECRET,
+    WRITER_MARK,
+    parse_cpus,
+    pin,
+    raise_fd_limit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "opspush_bench"
-MODES = ("ticks", "notify", "poll")
+MODES = ("ticks", "notify", "pusher", "poll")
 
 
 def log(message: str) -> None:
@@ -315,13 +324,19 @@ class Scenario:
         env.update(
             DATABASE_URL=self.dsn,
             OPSPUSH_SECRET=SECRET,
-            OPSPUSH_NOTIFY="1" if self.mode == "notify" else "0",
+            OPSPUSH_NOTIFY="1" if self.mode in ("notify", "pusher") else "0",
             OPSPUSH_MAX_CONNECTIONS_PER_USER="0",
             OPSPUSH_MAX_CONNECTIONS_PER_ADDRESS="0",
             OPSPUSH_ADMISSION_RATE="0",  # the load connects all at once, on purpose
             OPSPUSH_RATE_LIMIT="20",
             OPSPUSH_LOG_LEVEL="warning",
         )
+        if self.mode == "pusher":
+            env.update(
+                OPSPUSH_PUSHER_APP_ID=PUSHER_APP_ID,
+                OPSPUSH_PUSHER_KEY=PUSHER_KEY,
+                OPSPUSH_PUSHER_SECRET=PUSHER_SECRET,
+            )
         pool = args.poll_pool_size if self.mode == "poll" else args.pool_size
         if pool:
             env["OPSPUSH_POOL_SIZE"] = str(pool)
@@ -587,7 +602,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--modes",
         default="ticks,notify,poll",
         help="ticks (push, interval reads only), notify (push with "
-        "LISTEN/NOTIFY), poll (HTTP polling at the interval rules)",
+        "LISTEN/NOTIFY), pusher (the same viewers over the Pusher endpoint /app/{key}, "
+        "signed channels, with LISTEN/NOTIFY), poll (HTTP polling at the interval rules)",
     )
     parser.add_argument("--duration", type=float, default=25.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0)

@@ -10,8 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MODE_NAMES = {"ticks": "push, ticks only", "notify": "push + notify", "poll": "HTTP polling"}
-COLORS = {"ticks": "tab:blue", "notify": "tab:green", "poll": "tab:red"}
+MODE_NAMES = {
+    "ticks": "push, ticks only",
+    "notify": "push + notify",
+    "pusher": "Pusher endpoint + notify",
+    "poll": "HTTP polling",
+}
+COLORS = {"ticks": "tab:blue", "notify": "tab:green", "pusher": "tab:purple", "poll": "tab:red"}
 
 
 def _f(value: Any, digits: int = 1) -> str:

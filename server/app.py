@@ -14,7 +14,7 @@ from starlette.convertors import register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import metrics
@@ -23,6 +23,8 @@ from .clock import Clock
 from .config import Settings
 from .headers import SecurityHeaders
 from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
+from .pusher_api import batch_events_endpoint, events_endpoint, terminate_endpoint
+from .pusher_socket import pusher_endpoint
 from .service import Service
 from .tasks import cancel_and_wait
 from .websocket import KeepServerSend, websocket_endpoint
@@ -46,11 +48,13 @@ def create_app(
     *,
     clock: Clock | None = None,
     on_startup: BackgroundHook | None = None,
+    extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """Build the ASGI app. `dsn` is the database to use (DATABASE_URL or the embedded one).
 
     `on_startup` runs once the service is up and may return a coroutine to run beside the
     server for its whole life (the demo's simulator); the lifespan owns and cancels it.
+    `extra_routes`: more routes (the demo's stand-in for the host's /broadcasting/auth).
     """
     service = Service(settings, dsn, clock=clock)
     registry = metrics.build_registry(service.stats, lambda: len(service.sessions))
@@ -93,7 +97,7 @@ def create_app(
 
         return endpoint  # type: ignore[return-value]
 
-    routes = [
+    routes: list[BaseRoute] = [
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -103,8 +107,20 @@ def create_app(
         Route("/runs/{run_id:id}", page("run.html")),
         Route("/tenants/{tenant_id:id}/review-pack", page("review-pack.html")),
         Route("/wall/{workspace_id:id}", page("wall.html")),
+        Route("/echo/runs/{run_id:id}", page("echo-run.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
+    routes += extra_routes or []
+    if settings.pusher is not None:
+        # pusher.md: the endpoint and the HTTP API are there when the app is configured.
+        terminate = "/users/{user_id}/terminate_connections"
+        routes += [
+            WebSocketRoute("/app/{key}", pusher_endpoint),
+            Route("/apps/{app_id}/events", events_endpoint, methods=["POST"]),
+            Route("/apps/{app_id}/batch_events", batch_events_endpoint, methods=["POST"]),
+            Route("/apps/{app_id}" + terminate, terminate_endpoint, methods=["POST"]),
+            Route(terminate, terminate_endpoint, methods=["POST"]),
+        ]
     middleware = [
         Middleware(KeepServerSend),
         Middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors),

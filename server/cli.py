@@ -125,11 +125,13 @@ def _database_url_only() -> str:
     return url
 
 
-def run_server(settings: Settings, dsn: str, *, extra: Any = None) -> None:
+def run_server(
+    settings: Settings, dsn: str, *, extra: Any = None, routes: list[Any] | None = None
+) -> None:
     from .app import create_app
     from .runner import Server, tune_gc, uvicorn_config
 
-    app = create_app(settings, dsn, on_startup=extra)
+    app = create_app(settings, dsn, on_startup=extra, extra_routes=routes)
     tune_gc()
     Server(uvicorn_config(app, settings)).run()
 
@@ -213,11 +215,19 @@ def _demo(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
     env.setdefault("OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo"))
+    # The Pusher endpoint too, so that the Echo page works; the values are printed.
+    if not any(env.get(name) for name in ("OPSPUSH_PUSHER_APP_ID", "OPSPUSH_PUSHER_KEY")):
+        env["OPSPUSH_PUSHER_APP_ID"] = "opspush-demo"
+        env["OPSPUSH_PUSHER_KEY"] = "opspush-demo-key"
+        env["OPSPUSH_PUSHER_SECRET"] = secrets.token_hex(16)
     settings = _settings(args, env)
     _logging(settings.log_level)
+    from .demo import broadcasting_auth_route
+
+    routes = [broadcasting_auth_route(settings.pusher)] if settings.pusher else []
     with database(settings) as dsn:
         _apply_migrations(dsn)
-        run_server(settings, dsn, extra=_demo_startup(settings))
+        run_server(settings, dsn, extra=_demo_startup(settings), routes=routes)
     return 0
 
 
@@ -259,8 +269,23 @@ def _demo_links(
         f"  run viewer:  {base}/runs/{first_run or 1}#token={token}\n"
         f"  review pack: {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
         f"  WebSocket:   ws://{host}:{settings.port}/ws\n"
-        f"  token (user {owner_id}, owner): {token}\n",
+        f"  token (user {owner_id}, owner): {token}\n"
+        + _demo_pusher_lines(settings, base, first_run or 1),
         flush=True,
+    )
+
+
+def _demo_pusher_lines(settings: Settings, base: str, run_id: int) -> str:
+    app = settings.pusher
+    if app is None:
+        return ""
+    auth = f"{base}/demo/broadcasting/auth"
+    return (
+        f"  Echo page:   {base}/echo/runs/{run_id}#key={app.key}&auth={auth}\n"
+        "  Pusher (the host's .env: BROADCAST_CONNECTION=pusher, PUSHER_HOST/PORT as above):\n"
+        f"    OPSPUSH_PUSHER_APP_ID={app.app_id}\n"
+        f"    OPSPUSH_PUSHER_KEY={app.key}\n"
+        f"    OPSPUSH_PUSHER_SECRET={app.secret}\n"
     )
 
 

@@ -25,6 +25,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class PusherApp:
+    """The Pusher app the host's broadcaster is configured with (pusher.md)."""
+
+    app_id: str
+    key: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     secret: str
     database_url: str | None = None  # None: start the embedded PostgreSQL
@@ -64,6 +73,10 @@ class Settings:
     @property
     def attached(self) -> bool:
         return self.attach_schema is not None
+
+    pusher: PusherApp | None = None  # the Pusher endpoint and HTTP API; None: off
+    pusher_activity_timeout: int = 120  # seconds of client silence before a pusher:ping
+    pusher_pong_timeout: float = 30.0  # then this long for any answer, or close 4201
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +146,10 @@ class Settings:
             log_level=_choice(
                 env, "OPSPUSH_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")
             ),
+            pusher=_pusher_app(env),
+            pusher_activity_timeout=_int(
+                env, "OPSPUSH_PUSHER_ACTIVITY_TIMEOUT", defaults.pusher_activity_timeout, 1, 3600
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -152,6 +169,26 @@ def attach_schema(path: str) -> str:
         return load(path).schema
     except MappingError as error:
         raise ConfigError(f"OPSPUSH_CONFIG: {error}") from None
+
+
+_PUSHER_VARIABLES = ("OPSPUSH_PUSHER_APP_ID", "OPSPUSH_PUSHER_KEY", "OPSPUSH_PUSHER_SECRET")
+
+
+def _pusher_app(env: Mapping[str, str]) -> PusherApp | None:
+    """All three set: the Pusher endpoint is on; none: off; some: a mistake worth refusing."""
+    values = [env.get(name, "").strip() for name in _PUSHER_VARIABLES]
+    if not any(values):
+        return None
+    missing = [name for name, value in zip(_PUSHER_VARIABLES, values, strict=True) if not value]
+    if missing:
+        raise ConfigError(f"{missing[0]} is required when any OPSPUSH_PUSHER_* is set")
+    app_id, key, secret = values
+    for name, value in (("OPSPUSH_PUSHER_APP_ID", app_id), ("OPSPUSH_PUSHER_KEY", key)):
+        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+            raise ConfigError(f"{name} may hold only letters, digits, '-' and '_'")
+    if len(secret) < 16:
+        raise ConfigError("OPSPUSH_PUSHER_SECRET must be at least 16 characters")
+    return PusherApp(app_id, key, secret)
 
 
 def _database_url(value: str | None) -> str | None:

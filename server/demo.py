@@ -12,8 +12,15 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs
 
 import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import pusher
+from .config import PusherApp
 
 log = logging.getLogger("opspush.demo")
 
@@ -253,3 +260,22 @@ class Simulator:
                     now,
                     size,
                 )
+
+
+def broadcasting_auth_route(app: PusherApp) -> Route:
+    """The demo's stand-in for the host's `/broadcasting/auth`: it signs any opspush channel.
+
+    Only `opspush demo` serves it; in production the host signs, after its own
+    `routes/channels.php` check.
+    """
+
+    async def auth(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        socket_id = (form.get("socket_id") or [""])[0]
+        channel = (form.get("channel_name") or [""])[0]
+        if not pusher.valid_socket_id(socket_id) or pusher.own_channel(channel) is None:
+            return JSONResponse({"message": "forbidden"}, status_code=403)
+        signature = pusher.sign(app.secret, f"{socket_id}:{channel}")
+        return JSONResponse({"auth": f"{app.key}:{signature}"})
+
+    return Route("/demo/broadcasting/auth", auth, methods=["POST"])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from . import notifications
+from . import notifications, pusher_relay
 from .engine import Engine
 from .tasks import cancel_and_wait
 
@@ -29,10 +29,21 @@ MAX_PENDING = 10_000  # past this, a burst is folded into "re-read everything"
 
 
 class Listener:
-    def __init__(self, dsn: str, engine: Engine, *, window: float = 0.02) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        engine: Engine,
+        *,
+        window: float = 0.02,
+        notify: bool = True,
+        relay: Callable[[str], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.engine = engine
         self.window = window
+        self.notify = notify  # wake the engine on change notifications
+        # The Pusher HTTP API's messages from every process (pusher_relay), on this connection.
+        self.relay = relay
         self.connected = asyncio.Event()
         self.received = 0  # notifications seen
         self.connects = 0
@@ -73,14 +84,18 @@ class Listener:
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _: lost.set())
-            await connection.add_listener(notifications.CHANNEL, self._on_notification)
+            if self.notify:
+                await connection.add_listener(notifications.CHANNEL, self._on_notification)
+            if self.relay is not None:
+                await connection.add_listener(pusher_relay.CHANNEL, self._on_relay)
             self.connects += 1
             self.server_pid = connection.get_server_pid()
             self.connected.set()
             if self.connects > 1:
                 log.info("listener reconnected: re-reading every live channel")
-            # On every (re)connect: anything may have changed while nobody listened.
-            self.engine.wake_all()
+            if self.notify:
+                # On every (re)connect: anything may have changed while nobody listened.
+                self.engine.wake_all()
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEALTH_CHECK_SECONDS):
@@ -108,6 +123,16 @@ class Listener:
         if self._flush is None:
             loop = asyncio.get_running_loop()
             self._flush = loop.call_later(self.window, self._wake)
+
+    def _on_relay(
+        self,
+        _connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        _pid: int,
+        _channel: str,
+        payload: object,
+    ) -> None:
+        assert isinstance(payload, str) and self.relay is not None
+        self.relay(payload)
 
     def _wake(self) -> None:
         self._flush = None

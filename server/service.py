@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 from starlette.websockets import WebSocket
@@ -22,11 +22,18 @@ from .clock import Clock
 from .config import Settings
 from .engine import Engine
 from .listener import Listener
+from .pusher_hub import PusherHub
 from .stats import EngineStats
 from .storage import Storage, create_pool
 
-if TYPE_CHECKING:
-    from .websocket import Session
+
+class Session(Protocol):
+    """An open socket of either endpoint (`/ws`, or `/app/{key}` before any sign-in)."""
+
+    websocket: WebSocket
+
+    @property
+    def user_id(self) -> int | None: ...
 
 log = logging.getLogger("opspush.service")
 
@@ -49,6 +56,8 @@ class Service:
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
         self.listener: Listener | None = None
+        # The host's own channels and events (the Pusher HTTP API), when configured.
+        self.pusher_hub = PusherHub() if settings.pusher is not None else None
 
     @property
     def engine(self) -> Engine:
@@ -77,8 +86,14 @@ class Service:
             stats=self.stats,
         )
         self._engine.start()
-        if self.settings.notify:
-            self.listener = Listener(self.dsn, self._engine, window=self.settings.notify_window)
+        if self.settings.notify or self.pusher_hub is not None:
+            self.listener = Listener(
+                self.dsn,
+                self._engine,
+                window=self.settings.notify_window,
+                notify=self.settings.notify,
+                relay=None if self.pusher_hub is None else self.pusher_hub.on_payload,
+            )
             self.listener.start()
 
     async def _announce_attach(self, schema: str) -> None:
@@ -170,9 +185,13 @@ class Service:
 
     @contextlib.contextmanager
     def track_session(self, session: Session) -> Iterator[bool]:
-        """A place for one more socket of this user, if its limit allows."""
-        limit = self.settings.max_connections_per_user
-        with _counted(self.per_user, session.user_id, limit) as admitted:
+        """A place for one more socket of this user, if its limit allows.
+
+        A socket with no user (Pusher, before sign-in) is counted per address only.
+        """
+        counts: Counter[Any] = self.per_user if session.user_id is not None else Counter()
+        limit = self.settings.max_connections_per_user if session.user_id is not None else 0
+        with _counted(counts, session.user_id, limit) as admitted:
             if not admitted:
                 yield False
                 return

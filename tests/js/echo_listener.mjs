@@ -1,0 +1,52 @@
+// The console's front end, under Node: the real Laravel Echo over the real pusher-js,
+// configured as a Laravel app configures it, listening the way a Livewire component does.
+// Prints one JSON line per thing that happened; the Python test reads them.
+//   node echo_listener.mjs '{"port": 8000, "key": "...", "authEndpoint": "...", "runId": 42}'
+import Echo from "laravel-echo";
+import Pusher from "pusher-js";
+
+const config = JSON.parse(process.argv[2]);
+const print = (line) => console.log(JSON.stringify(line));
+
+const echo = new Echo({
+  broadcaster: "pusher",
+  Pusher,
+  key: config.key,
+  cluster: "mt1",
+  wsHost: "127.0.0.1",
+  wsPort: config.port,
+  forceTLS: false,
+  enabledTransports: ["ws"],
+  disableStats: true,
+  authEndpoint: config.authEndpoint,
+  userAuthentication: { endpoint: config.userAuthEndpoint, transport: "ajax" },
+});
+
+echo.connector.pusher.connection.bind("state_change", ({ current }) =>
+  print({ kind: "connection", state: current, socketId: echo.socketId() ?? null }),
+);
+if (config.signIn) echo.connector.pusher.signin();
+
+// What `#[On('echo-private:opspush.run.{runId},.opspush.state')]` does in Livewire.
+echo
+  .private(`opspush.run.${config.runId}`)
+  .listen(".opspush.state", (payload) => print({ kind: "event", event: "opspush.state", payload }))
+  .listen(".opspush.end", (payload) => {
+    print({ kind: "event", event: "opspush.end", payload });
+    if (config.exitOnEnd) {
+      echo.disconnect();
+      process.exit(0);
+    }
+  })
+  .error((error) => print({ kind: "error", error }));
+
+// The host's own broadcasts (a notification, say) on a channel of its own.
+if (config.hostChannel) {
+  echo
+    .private(config.hostChannel)
+    .subscribed(() => print({ kind: "subscribed", channel: config.hostChannel }))
+    .listen(".OrderShipped", (payload) => print({ kind: "event", event: "OrderShipped", payload }));
+}
+
+process.stdin.on("end", () => process.exit(0)); // the test ends us by closing stdin
+process.stdin.resume();
