@@ -13,6 +13,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 MIN_SECRET_LENGTH: Final = 32
+MAX_WORKERS: Final = 256
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,8 @@ class Settings:
     notify_window: float = 0.02  # notifications arriving this close together share a read
     drain_seconds: float = 10.0
     wall_max_runs: int = 500
+    workers: int = 1  # worker processes of `serve` on one port; 0: one per core
+    expected_sockets: int = 10_000  # below this, the open-file limit is reported as too low
     trust_proxy: bool = False  # take the client address from X-Forwarded-For
     log_level: str = "info"
 
@@ -92,6 +95,10 @@ class Settings:
             notify_window=_float(env, "OPSPUSH_NOTIFY_WINDOW", defaults.notify_window, 0, 5),
             drain_seconds=_float(env, "OPSPUSH_DRAIN_SECONDS", defaults.drain_seconds, 0),
             wall_max_runs=_int(env, "OPSPUSH_WALL_MAX_RUNS", defaults.wall_max_runs, 1, 100_000),
+            workers=_int(env, "OPSPUSH_WORKERS", defaults.workers, 0, MAX_WORKERS),
+            expected_sockets=_int(
+                env, "OPSPUSH_EXPECTED_SOCKETS", defaults.expected_sockets, 0, 100_000_000
+            ),
             trust_proxy=_bool(env, "OPSPUSH_TRUST_PROXY", defaults.trust_proxy),
             log_level=_choice(
                 env, "OPSPUSH_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")
