@@ -39,6 +39,8 @@ def static_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "static"
 
 
+METRICS_PUBLISH_SECONDS = 1.0
+
 BackgroundHook = Callable[[Service], Awaitable[Coroutine[Any, Any, None] | None]]
 
 
@@ -49,22 +51,39 @@ def create_app(
     clock: Clock | None = None,
     on_startup: BackgroundHook | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    shared_metrics: metrics.SharedMetrics | None = None,
 ) -> Starlette:
     """Build the ASGI app. `dsn` is the database to use (DATABASE_URL or the embedded one).
 
     `on_startup` runs once the service is up and may return a coroutine to run beside the
     server for its whole life (the demo's simulator); the lifespan owns and cancels it.
     `extra_routes`: more routes (the demo's stand-in for the host's /broadcasting/auth).
+    `shared_metrics`: this is one worker of several, and /metrics shows them all.
     """
     service = Service(settings, dsn, clock=clock)
-    registry = metrics.build_registry(service.stats, lambda: len(service.sessions))
+
+    def open_sockets() -> int:
+        return len(service.sessions)
+
+    registry = metrics.build_registry(service.stats, open_sockets, shared_metrics)
     pages = static_dir()
+
+    async def publish_metrics(shared: metrics.SharedMetrics) -> None:
+        """Keep this worker's figures current for scrapes that land on another worker."""
+        while True:
+            shared.publish(service.stats, open_sockets())
+            await asyncio.sleep(METRICS_PUBLISH_SECONDS)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
         background: asyncio.Task[None] | None = None
+        publisher: asyncio.Task[None] | None = None
         try:
+            if shared_metrics is not None:
+                publisher = asyncio.create_task(
+                    publish_metrics(shared_metrics), name="opspush-metrics-publisher"
+                )
             if on_startup is not None:
                 job = await on_startup(service)
                 if job is not None:
@@ -72,7 +91,10 @@ def create_app(
             yield
         finally:
             await cancel_and_wait(background)
+            await cancel_and_wait(publisher)
             await service.stop()
+            if shared_metrics is not None:
+                shared_metrics.publish(service.stats, 0)  # its last counters, no sockets
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")

@@ -90,7 +90,7 @@ def demo_attach(args: argparse.Namespace) -> int:
     by a simulator writing its tables, attached with triggers, served by a least-privilege
     role that may read only opspush's views."""
     from . import host_demo
-    from .cli import _demo_links, _logging, _settings, database, run_server
+    from .cli import _demo_links, _settings, configure_logging, database, run_server
 
     env = dict(os.environ)
     env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
@@ -99,7 +99,7 @@ def demo_attach(args: argparse.Namespace) -> int:
     )
     env["OPSPUSH_CONFIG"] = str(host_demo.MAPPING)
     settings = _settings(args, env)
-    _logging(settings.log_level)
+    configure_logging(settings.log_level)
     with database(settings) as admin_dsn:
         host = asyncio.run(host_demo.prepare(admin_dsn, say=_say))
         run_server(

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .config import ConfigError, Settings, default_data_dir
+from .config import MAX_WORKERS, ConfigError, Settings, default_data_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve WebSockets and pages")
     serve.add_argument("--host", help="overrides OPSPUSH_HOST")
     serve.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on one port (overrides OPSPUSH_WORKERS; 0: one per core)",
+    )
     serve.set_defaults(func=_serve)
 
     migrate = commands.add_parser("migrate", help="apply the sql/ migrations to DATABASE_URL")
@@ -90,10 +95,14 @@ def _settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Se
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {args.port}")
         changes["port"] = args.port
+    if getattr(args, "workers", None) is not None:
+        if not 0 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}, not {args.workers}")
+        changes["workers"] = args.workers
     return settings.with_overrides(**changes) if changes else settings
 
 
-def _logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -128,17 +137,22 @@ def _database_url_only() -> str:
 def run_server(
     settings: Settings, dsn: str, *, extra: Any = None, routes: list[Any] | None = None
 ) -> None:
-    from .app import create_app
-    from .runner import Server, tune_gc, uvicorn_config
+    """Serve in this process, or as the supervisor of `settings.workers` worker processes."""
+    from . import descriptors
+    from .runner import serve_app
+    from .supervisor import Supervisor, worker_count
 
-    app = create_app(settings, dsn, on_startup=extra, extra_routes=routes)
-    tune_gc()
-    Server(uvicorn_config(app, settings)).run()
+    workers = worker_count(settings.workers) if extra is None else 1
+    descriptors.report(descriptors.raise_limit(), workers, settings.expected_sockets)
+    if workers > 1:
+        Supervisor(settings, dsn, workers).run()
+    else:
+        serve_app(settings, dsn, on_startup=extra, extra_routes=routes)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _logging(settings.log_level)
+    configure_logging(settings.log_level)
     if settings.attached and not settings.database_url:
         raise ConfigError("OPSPUSH_CONFIG (attach mode) needs DATABASE_URL: the host's database")
     with database(settings) as dsn:
@@ -221,7 +235,7 @@ def _demo(args: argparse.Namespace) -> int:
         env["OPSPUSH_PUSHER_KEY"] = "opspush-demo-key"
         env["OPSPUSH_PUSHER_SECRET"] = secrets.token_hex(16)
     settings = _settings(args, env)
-    _logging(settings.log_level)
+    configure_logging(settings.log_level)
     from .demo import broadcasting_auth_route
 
     routes = [broadcasting_auth_route(settings.pusher)] if settings.pusher else []

@@ -18,6 +18,7 @@ from .proxy import Network
 
 MIN_SECRET_LENGTH: Final = 32
 MIN_METRICS_TOKEN_LENGTH: Final = 16
+MAX_WORKERS: Final = 256
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,8 @@ class Settings:
     max_token_ttl: int = 24 * 3600  # tokens that live longer are refused
     metrics_token: str | None = None  # None: /metrics is open (keep it internal)
     frame_ancestors: str = "'none'"  # CSP frame-ancestors of the pages
+    workers: int = 1  # worker processes of `serve` on one port; 0: one per core
+    expected_sockets: int = 10_000  # below this, the open-file limit is reported as too low
     log_level: str = "info"
     # Attach mode (attach.md): the mapping file and opspush's schema in the host database.
     config_file: str | None = None  # OPSPUSH_CONFIG; None: standalone
@@ -143,6 +146,10 @@ class Settings:
             ),
             metrics_token=_metrics_token(env.get("OPSPUSH_METRICS_TOKEN", "")),
             frame_ancestors=_frame_ancestors(env.get("OPSPUSH_FRAME_ANCESTORS", "")),
+            workers=_int(env, "OPSPUSH_WORKERS", defaults.workers, 0, MAX_WORKERS),
+            expected_sockets=_int(
+                env, "OPSPUSH_EXPECTED_SOCKETS", defaults.expected_sockets, 0, 100_000_000
+            ),
             log_level=_choice(
                 env, "OPSPUSH_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")
             ),

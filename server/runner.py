@@ -7,7 +7,9 @@ import gc
 import logging
 import re
 import signal
+import socket
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,6 +23,9 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 # it turns up in a message.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 REDACTED = "[redacted]"
+
+if TYPE_CHECKING:
+    from .metrics import SharedMetrics
 
 
 class RedactSecrets(logging.Filter):
@@ -110,11 +115,40 @@ class Server(uvicorn.Server):
     """uvicorn's server, except that a SIGTERM it handled gracefully ends with exit 0.
 
     uvicorn re-raises the signals it caught once it has shut down; for SIGTERM, the
-    orchestrator's ordinary "please stop", that turns a clean drain into exit 143.
+    orchestrator's ordinary "please stop", that turns a clean drain into exit 143. A worker
+    of `serve --workers` takes SIGINT the same way: Ctrl-C reaches the whole process group,
+    and the supervisor is the one that decides the exit status.
     """
+
+    def __init__(self, config: uvicorn.Config, *, worker: bool = False) -> None:
+        super().__init__(config)
+        self.quiet_signals = {signal.SIGTERM, signal.SIGINT} if worker else {signal.SIGTERM}
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM:
+        if sig in self.quiet_signals:
             with contextlib.suppress(AttributeError, ValueError):
                 self._captured_signals.remove(sig)
+
+
+def serve_app(
+    settings: Settings,
+    dsn: str,
+    *,
+    on_startup: Any = None,
+    extra_routes: list[Any] | None = None,
+    sockets: list[socket.socket] | None = None,
+    shared_metrics: SharedMetrics | None = None,
+) -> None:
+    """Build the app and serve it until a signal: one process, or one worker of several."""
+    from .app import create_app
+
+    app = create_app(
+        settings,
+        dsn,
+        on_startup=on_startup,
+        extra_routes=extra_routes,
+        shared_metrics=shared_metrics,
+    )
+    tune_gc()
+    Server(uvicorn_config(app, settings), worker=sockets is not None).run(sockets=sockets)

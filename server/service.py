@@ -35,6 +35,7 @@ class Session(Protocol):
     @property
     def user_id(self) -> int | None: ...
 
+
 log = logging.getLogger("opspush.service")
 
 
