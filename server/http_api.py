@@ -1,7 +1,8 @@
 """Plain HTTP reads for clients that cannot hold a socket (and the polling baseline).
 
 Authorized exactly like the channels: the same decisions, so the same 404 for missing and
-out-of-scope things, and 403 only inside scope.
+out-of-scope things, and 403 only inside scope; a token with a `channels` claim (attach.md)
+reads what it lists and nothing else, as on the socket.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import access, protocol, views
-from .auth import InvalidToken, verify_token
-from .channels import MAX_ID, valid_id
+from .access import CapabilityTable, Decision, UserFacts
+from .auth import Identity, InvalidToken, verify_token
+from .channels import MAX_ID, Channel, Kind, valid_id
 from .service import Service
 
 
@@ -37,16 +39,41 @@ def _service(request: Request) -> Service:
     return service
 
 
-def _user_id(request: Request, service: Service) -> int | None:
+def _identity(request: Request, service: Service) -> Identity | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
+    settings = service.settings
     try:
-        settings = service.settings
-        return verify_token(token.strip(), settings.secret, max_ttl=settings.max_token_ttl).user_id
+        return verify_token(
+            token.strip(),
+            settings.secret,
+            max_ttl=settings.max_token_ttl,
+            max_channel_ttl=settings.max_channel_token_ttl,
+        )
     except InvalidToken:
         return None
+
+
+async def _decide(
+    service: Service,
+    identity: Identity,
+    channel: Channel,
+    exists: bool,
+    by_tables: Callable[[UserFacts, CapabilityTable], Decision],
+) -> Decision:
+    """A subscription's decision: the token's `channels` claim when it has one (existence
+    still from the read), else the access tables; an unknown user sees nothing."""
+    snapshot = await service.storage.read_access([identity.user_id])
+    facts = snapshot.users[identity.user_id]
+    if not facts.exists:
+        return "not_found"
+    if identity.channels is not None:
+        if channel.name not in identity.channels:
+            return "forbidden"
+        return "allowed" if exists else "not_found"
+    return by_tables(facts, snapshot.capabilities)
 
 
 def _refusal(decision: access.Decision) -> Response:
@@ -67,11 +94,15 @@ _UNAUTHORIZED = {"error": "unauthorized"}
 
 
 async def run_endpoint(request: Request) -> Response:
-    async def read(service: Service, user_id: int, run_id: int) -> Response:
-        snapshot = await service.storage.read_access([user_id])
+    async def read(service: Service, identity: Identity, run_id: int) -> Response:
         row = (await service.storage.read_runs([run_id])).get(run_id)
         scope = views.run_scope(row) if row is not None else None
-        decision = access.decide_run(snapshot.users[user_id], snapshot.capabilities, scope)
+
+        def by_tables(facts: UserFacts, capabilities: CapabilityTable) -> Decision:
+            return access.decide_run(facts, capabilities, scope)
+
+        channel = Channel(Kind.RUN, run_id)
+        decision = await _decide(service, identity, channel, row is not None, by_tables)
         if row is None or decision != "allowed":
             return _refusal(decision)
         return _json(views.run_data(row), views.run_interval(row, service.engine.clock.now()))
@@ -80,11 +111,15 @@ async def run_endpoint(request: Request) -> Response:
 
 
 async def review_pack_endpoint(request: Request) -> Response:
-    async def read(service: Service, user_id: int, tenant_id: int) -> Response:
-        snapshot = await service.storage.read_access([user_id])
+    async def read(service: Service, identity: Identity, tenant_id: int) -> Response:
         row = (await service.storage.read_pack_cards([tenant_id])).get(tenant_id)
         scope = views.tenant_scope(row) if row is not None else None
-        decision = access.decide_review_pack(snapshot.users[user_id], snapshot.capabilities, scope)
+
+        def by_tables(facts: UserFacts, capabilities: CapabilityTable) -> Decision:
+            return access.decide_review_pack(facts, capabilities, scope)
+
+        channel = Channel(Kind.REVIEW_PACK, tenant_id)
+        decision = await _decide(service, identity, channel, row is not None, by_tables)
         if row is None or decision != "allowed":
             return _refusal(decision)
         pack = row if row["id"] is not None else None
@@ -94,14 +129,14 @@ async def review_pack_endpoint(request: Request) -> Response:
 
 
 async def _authorized(
-    request: Request, key: str, read: Callable[[Service, int, int], Awaitable[Response]]
+    request: Request, key: str, read: Callable[[Service, Identity, int], Awaitable[Response]]
 ) -> Response:
-    """401 without a valid token; otherwise the read, for the user the token names."""
+    """401 without a valid token; otherwise the read, for the identity the token names."""
     service = _service(request)
-    user_id = _user_id(request, service)
-    if user_id is None:
+    identity = _identity(request, service)
+    if identity is None:
         return JSONResponse(_UNAUTHORIZED, status_code=401)
     ident: int = request.path_params[key]
     if not valid_id(ident):
         return _refusal("not_found")  # the same answer as for an id that does not exist
-    return await read(service, user_id, ident)
+    return await read(service, identity, ident)

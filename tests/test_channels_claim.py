@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import jwt
 import pytest
 import websockets
@@ -94,6 +95,31 @@ async def test_listed_channels_are_granted_and_every_other_is_forbidden(
     plain = await server.connect(outsider)
     viewers.append(plain)
     assert (await plain.subscribe(f"run:{run}"))["code"] == "not_found"
+
+
+async def test_http_reads_with_a_channels_token_answer_as_the_socket_does(
+    server: RunningServer, db: Factory
+) -> None:
+    ws = await db.workspace()
+    tenant = await db.tenant(ws)
+    outsider = await db.user(await db.workspace(), "readonly")  # no member of `ws`
+    member = await db.user(ws, "owner")  # may see everything in `ws` by the tables
+    run = await db.run(ws, tenant, status="running")
+    other = await db.run(ws, tenant, status="running")
+    listed = [f"run:{run}", f"review-pack:{tenant}", f"run:{2**40}"]
+
+    async def status(user: int, path: str) -> int:
+        token = mint_token(user, SECRET, ttl=300, channels=listed)
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            response = await http.get(path, headers={"Authorization": f"Bearer {token}"})
+        return response.status_code
+
+    for user in (outsider, member):  # the claim decides, whatever the tables say
+        assert await status(user, f"/api/runs/{run}") == 200
+        assert await status(user, f"/api/tenants/{tenant}/review-pack") == 200
+        assert await status(user, f"/api/runs/{other}") == 403  # not listed, though it exists
+        assert await status(user, f"/api/runs/{2**40}") == 404  # listed, but missing
+    assert await status(2**40, f"/api/runs/{run}") == 404  # a user who does not exist
 
 
 async def test_a_long_lived_channels_token_is_refused_with_4401(
