@@ -145,7 +145,11 @@ def create_app(
         ]
     middleware = [
         Middleware(KeepServerSend),
-        Middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors),
+        Middleware(
+            SecurityHeaders,
+            frame_ancestors=settings.frame_ancestors,
+            console_origins=settings.allowed_origins,
+        ),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.service = service

@@ -1,13 +1,15 @@
 """Security headers on every HTTP response: pages, static files, the API (issue 13).
 
 The pages load only their own scripts and styles (no inline code) and talk only to their
-own `/ws`, so the policy can be strict; host pages that embed them are named by
-OPSPUSH_FRAME_ANCESTORS.
+own sockets and to the console's origins (OPSPUSH_ALLOWED_ORIGINS: the Echo page asks the
+console's /broadcasting/auth), so the policy can be strict; host pages that embed them are
+named by OPSPUSH_FRAME_ANCESTORS.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _HOST = re.compile(r"([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?", re.IGNORECASE)
 
 
-def content_security_policy(host: str | None, frame_ancestors: str) -> str:
+def content_security_policy(
+    host: str | None, frame_ancestors: str, console_origins: Iterable[str] = ()
+) -> str:
     """The policy for a response to a request with this Host header.
 
     `'self'` covers the page's own ws:/wss: socket in current browsers (CSP level 3); the
@@ -26,6 +30,7 @@ def content_security_policy(host: str | None, frame_ancestors: str) -> str:
     connect = ["'self'"]
     if host and _HOST.fullmatch(host):
         connect += [f"ws://{host}", f"wss://{host}"]
+    connect += sorted(console_origins)  # validated origins (config.py), never a wildcard
     directives = [
         "default-src 'self'",
         f"connect-src {' '.join(connect)}",
@@ -37,9 +42,11 @@ def content_security_policy(host: str | None, frame_ancestors: str) -> str:
     return "; ".join(directives)
 
 
-def security_headers(host: str | None, frame_ancestors: str) -> dict[str, str]:
+def security_headers(
+    host: str | None, frame_ancestors: str, console_origins: Iterable[str] = ()
+) -> dict[str, str]:
     return {
-        "Content-Security-Policy": content_security_policy(host, frame_ancestors),
+        "Content-Security-Policy": content_security_policy(host, frame_ancestors, console_origins),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
@@ -48,15 +55,19 @@ def security_headers(host: str | None, frame_ancestors: str) -> dict[str, str]:
 class SecurityHeaders:
     """ASGI middleware: add `security_headers` to every HTTP response."""
 
-    def __init__(self, app: ASGIApp, frame_ancestors: str) -> None:
+    def __init__(
+        self, app: ASGIApp, frame_ancestors: str, console_origins: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.frame_ancestors = frame_ancestors
+        self.console_origins = tuple(console_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = security_headers(Headers(scope=scope).get("host"), self.frame_ancestors)
+        host = Headers(scope=scope).get("host")
+        extra = security_headers(host, self.frame_ancestors, self.console_origins)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -45,9 +45,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_host(server: RunningServer) -> AsyncIterator[Host]:
+async def running_host(server: RunningServer, port: int = 0) -> AsyncIterator[Host]:
+    """The stand-in console on `port` (0: a free one)."""
     client = host(server)
-    sock = free_socket()
+    sock = free_socket(port)
     state = Host(sock.getsockname()[1])
 
     async def auth(request: Request) -> Response:

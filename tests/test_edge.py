@@ -84,6 +84,16 @@ def test_content_security_policy(host: str | None, sockets: str) -> None:
     assert "script-src" not in directives and "*" not in policy
 
 
+def test_console_origins_may_be_connected_to() -> None:
+    consoles = ["https://console.example", "https://b.console.example"]
+    policy = content_security_policy("ops.example", "'none'", consoles)
+    connect = dict(d.split(" ", 1) for d in policy.split("; "))["connect-src"]
+    assert connect == (
+        "'self' ws://ops.example wss://ops.example "
+        "https://b.console.example https://console.example"
+    )
+
+
 def test_security_headers() -> None:
     headers = security_headers("ops.example", "https://console.example")
     assert headers["X-Content-Type-Options"] == "nosniff"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, free_socket
 from tests.echo_support import JS
 from tests.factories import Factory
 from tests.host_app import running_host
@@ -20,19 +20,36 @@ from .harness import STATIC
 pytestmark = pytest.mark.browser
 
 
+def free_port() -> int:
+    sock = free_socket()
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
 @pytest.fixture(scope="module")
-async def ps(database_dsn: str) -> AsyncIterator[RunningServer]:
-    async with pusher_server(database_dsn) as running:
+def console_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+async def ps(database_dsn: str, console_port: int) -> AsyncIterator[RunningServer]:
+    """opspush with the console's origin allowed, as a deployment lists it: the page may
+    then ask the console's /broadcasting/auth (the CSP's connect-src names it)."""
+    port = free_port()
+    origins = frozenset({f"http://127.0.0.1:{port}", f"http://127.0.0.1:{console_port}"})
+    async with pusher_server(database_dsn, port=port, allowed_origins=origins) as running:
         yield running
 
 
 async def test_echo_page_follows_a_run_to_its_end(
-    ps: RunningServer, db: Factory, page: Any
+    ps: RunningServer, console_port: int, db: Factory, page: Any
 ) -> None:
     ws = await db.workspace()
     tenant = await db.tenant(ws)
     run = await db.run(ws, tenant, status="queued")
-    async with running_host(ps) as console:
+    async with running_host(ps, console_port) as console:
         console.allowed = {f"private-opspush.run.{run}"}
         url = f"{ps.http_url}/echo/runs/{run}#key={APP.key}&auth={console.auth_endpoint}"
         sockets: list[Any] = []
@@ -50,11 +67,11 @@ async def test_echo_page_follows_a_run_to_its_end(
 
 
 async def test_echo_page_says_when_the_host_refuses(
-    ps: RunningServer, db: Factory, page: Any
+    ps: RunningServer, console_port: int, db: Factory, page: Any
 ) -> None:
     ws = await db.workspace()
     run = await db.run(ws, status="running")
-    async with running_host(ps) as console:  # channels.php allows nothing
+    async with running_host(ps, console_port) as console:  # channels.php allows nothing
         await page.goto(f"{ps.http_url}/echo/runs/{run}#key={APP.key}&auth={console.auth_endpoint}")
         await page.wait_for_selector('[data-error="forbidden"]')
 
