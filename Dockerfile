@@ -36,7 +36,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY server ./server
 RUN pip install --no-deps . \
-    && python -c "import server.cli"
+    && python -c "import opspush.cli"
 
 ############################ runtime ############################
 FROM ${PYTHON_IMAGE} AS runtime

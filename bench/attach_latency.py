@@ -27,12 +27,12 @@ import asyncpg
 import uvicorn
 import websockets
 
-from server import attach, host_demo
-from server.app import create_app
-from server.auth import mint_token
-from server.config import Settings
-from server.mapping import load, quote
-from server.runner import uvicorn_config
+from opspush import attach, host_demo
+from opspush.app import create_app
+from opspush.auth import mint_token
+from opspush.config import Settings
+from opspush.mapping import load, quote
+from opspush.runner import uvicorn_config
 
 SECRET = secrets.token_urlsafe(32)
 
@@ -121,7 +121,7 @@ async def main(samples: int) -> None:
     if not url:
         import tempfile
 
-        from server import embedded
+        from opspush import embedded
 
         server = embedded.start(tempfile.mkdtemp(prefix="opspush-latency-"), delete_on_stop=True)
         url = server.dsn

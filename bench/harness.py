@@ -67,7 +67,7 @@ def postgres(work: Path) -> Any:
     if url:
         yield url, None
         return
-    from server import embedded
+    from opspush import embedded
 
     data = work / f"pgdata-{os.getpid()}"
     if data.exists():
@@ -80,7 +80,7 @@ def postgres(work: Path) -> Any:
 
 
 async def prepare_database(admin_dsn: str) -> str:
-    from server.migrations import create_database
+    from opspush.migrations import create_database
 
     return await create_database(admin_dsn, BENCH_DB, replace=True)
 

@@ -40,7 +40,7 @@ def main() -> int:
     pin(parse_cpus(args.cpus))
     if os.environ.get("BENCH_GC_LOG"):
         _log_gc()
-    from server.cli import main as opspush
+    from opspush.cli import main as opspush
 
     return opspush(["serve", "--host", "127.0.0.1", "--port", str(args.port)])
 

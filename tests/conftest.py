@@ -25,15 +25,15 @@ import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from server.app import create_app
-from server.auth import mint_token
-from server.clock import Clock, ManualClock
-from server.config import Settings
-from server.engine import Engine
-from server.migrations import create_database
-from server.runner import uvicorn_config
-from server.service import Service
-from server.storage import create_pool
+from opspush.app import create_app
+from opspush.auth import mint_token
+from opspush.clock import Clock, ManualClock
+from opspush.config import Settings
+from opspush.engine import Engine
+from opspush.migrations import create_database
+from opspush.runner import uvicorn_config
+from opspush.service import Service
+from opspush.storage import create_pool
 from tests.factories import Factory
 
 SECRET = "opspush-test-secret-0123456789abcdef"
@@ -46,7 +46,7 @@ def postgres_server() -> Iterator[dict[str, Any]]:
     if url:
         yield {"dsn": url, "embedded": None}
         return
-    from server import embedded
+    from opspush import embedded
 
     # A folder of our own: pytest's numbered temp folders are shared between concurrent runs.
     folder = tempfile.mkdtemp(prefix="opspush-test-pg-")

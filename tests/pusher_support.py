@@ -15,7 +15,7 @@ import pusher as pusher_library
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from server.config import PusherApp
+from opspush.config import PusherApp
 from tests.conftest import RunningServer, running_server
 
 APP = PusherApp(app_id="4242", key="opspush-test-key", secret="opspush-test-pusher-secret-0123")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.access import (
+from opspush.access import (
     CapabilityTable,
     RunScope,
     TenantScope,

@@ -9,16 +9,16 @@ import sys
 import asyncpg
 import pytest
 
-from server.auth import verify_token
-from server.config import ConfigError, Settings
-from server.migrations import discover, migrate
+from opspush.auth import verify_token
+from opspush.config import ConfigError, Settings
+from opspush.migrations import discover, migrate
 
 
 def opspush(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
     clean.pop("DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "opspush.cli", *args],
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,

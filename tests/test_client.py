@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from server.client import OpsPushError, connect
+from opspush.client import OpsPushError, connect
 from tests.conftest import RunningServer
 from tests.factories import Factory
 

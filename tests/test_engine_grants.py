@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.channels import Channel, Kind
-from server.clock import ManualClock
-from server.engine import Engine
-from server.outbox import Outbox
-from server.storage import Storage
+from opspush.channels import Channel, Kind
+from opspush.clock import ManualClock
+from opspush.engine import Engine
+from opspush.outbox import Outbox
+from opspush.storage import Storage
 from tests.factories import Factory
 
 

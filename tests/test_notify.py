@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import pytest
 
-from server import notifications
-from server.channels import Channel, Kind
-from server.clock import ManualClock
+from opspush import notifications
+from opspush.channels import Channel, Kind
+from opspush.clock import ManualClock
 from tests.conftest import RunningServer, Viewer, running_server
 from tests.factories import Factory
 

@@ -7,11 +7,11 @@ import json
 import jwt
 import pytest
 
-from server import protocol
-from server.auth import InvalidToken, mint_token, verify_token
-from server.channels import Channel, ChannelError, Kind, parse_channel
-from server.outbox import Outbox
-from server.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
+from opspush import protocol
+from opspush.auth import InvalidToken, mint_token, verify_token
+from opspush.channels import Channel, ChannelError, Kind, parse_channel
+from opspush.outbox import Outbox
+from opspush.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
 
 SECRET = "s" * 32
 CLAIMS = {"sub": "7", "exp": 5000}

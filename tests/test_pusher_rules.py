@@ -9,10 +9,10 @@ import pusher as pusher_library
 import pytest
 from pusher.http import Request
 
-from server import pusher
-from server.channels import Channel, Kind
-from server.config import ConfigError, Settings
-from server.pusher_relay import CHUNK, Reassembler, chunks
+from opspush import pusher
+from opspush.channels import Channel, Kind
+from opspush.config import ConfigError, Settings
+from opspush.pusher_relay import CHUNK, Reassembler, chunks
 
 KEY, SECRET = "key", "secret-0123456789abcdef"
 LIBRARY = pusher_library.Pusher(app_id="1", key=KEY, secret=SECRET)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server import rules
+from opspush import rules
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 

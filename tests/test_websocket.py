@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from server.auth import mint_token
+from opspush.auth import mint_token
 from tests.conftest import SECRET, RunningServer, Viewer, running_server
 from tests.factories import Factory
 

@@ -13,15 +13,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server import attach
-from server.host_demo import MAPPING, create_host
-from server.mapping import DOMAIN, load, quote
+from opspush import attach
+from opspush.host_demo import MAPPING, create_host
+from opspush.mapping import DOMAIN, load, quote
 from tests.attach.conftest import Host, dump_schema, pg_dump
 
 
 def opspush(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "opspush.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -254,7 +254,7 @@ async def test_the_serving_role_reads_the_views_and_nothing_else_and_writes_noth
 
 
 def test_opspush_config_puts_serve_in_attach_mode() -> None:
-    from server.config import Settings
+    from opspush.config import Settings
 
     env = {"OPSPUSH_SECRET": "s" * 40, "OPSPUSH_CONFIG": str(MAPPING)}
     settings = Settings.from_env(env)

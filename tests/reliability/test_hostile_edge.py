@@ -16,8 +16,8 @@ import httpx
 import pytest
 import websockets
 
-from server import protocol
-from server.channels import MAX_ID
+from opspush import protocol
+from opspush.channels import MAX_ID
 from tests.conftest import running_server
 from tests.factories import Factory
 from tests.reliability.conftest import (

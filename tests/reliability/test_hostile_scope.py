@@ -24,11 +24,11 @@ import asyncpg
 import pytest
 import websockets
 
-from server.channels import Channel, Kind
-from server.clock import ManualClock
-from server.engine import Engine
-from server.stats import EngineStats
-from server.storage import AccessSnapshot, Storage
+from opspush.channels import Channel, Kind
+from opspush.clock import ManualClock
+from opspush.engine import Engine
+from opspush.stats import EngineStats
+from opspush.storage import AccessSnapshot, Storage
 from tests.conftest import RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 from tests.reliability.conftest import wait_until, watch_logs
