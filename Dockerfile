@@ -32,9 +32,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# 2) The project itself (no deps: they are already there).
+# 2) The project itself (no deps: they are already there). sql/ and static/ are package
+#    data of the wheel; the runtime stage also keeps a copy under /app (OPSPUSH_*_DIR).
 COPY README.md ./
 COPY server ./server
+COPY sql ./sql
+COPY static ./static
 RUN pip install --no-deps . \
     && python -c "import opspush.cli"
 

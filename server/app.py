@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,19 +23,12 @@ from .headers import SecurityHeaders
 from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
 from .pusher_api import batch_events_endpoint, events_endpoint, terminate_endpoint
 from .pusher_socket import pusher_endpoint
+from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
 from .websocket import KeepServerSend, websocket_endpoint
 
 register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (http_api.py)
-
-
-def static_dir() -> Path:
-    configured = os.environ.get("OPSPUSH_STATIC_DIR")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parent.parent / "static"
-
 
 METRICS_PUBLISH_SECONDS = 1.0
 

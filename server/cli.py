@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from . import __version__
 from .config import MAX_WORKERS, ConfigError, Settings, default_data_dir
 
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opspush", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"opspush {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve WebSockets and pages")

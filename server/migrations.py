@@ -7,13 +7,14 @@ transaction, so a failure leaves the database at the last good version.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from .resources import sql_dir
 
 _LOCK_KEY = 0x6F70737075736821  # any constant shared by all opspush processes
 _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
@@ -23,13 +24,6 @@ _NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 class Migration:
     version: str
     path: Path
-
-
-def sql_dir() -> Path:
-    configured = os.environ.get("OPSPUSH_SQL_DIR")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parent.parent / "sql"
 
 
 def discover(directory: Path | None = None) -> list[Migration]:

@@ -1,0 +1,7 @@
+"""`python -m opspush`: the same as the `opspush` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
