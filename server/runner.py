@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
 
 from .config import Settings
 from .deadline import http_protocol
@@ -70,6 +73,43 @@ def redact_logs() -> None:
             logger.addFilter(RedactSecrets())
 
 
+class _ServerProtocol(ServerProtocol):
+    """The websockets library's server side, except that a close frame in the middle of a
+    fragmented message closes normally (RFC 6455 5.4: control frames may come between the
+    fragments) instead of failing the connection with 1002; the partial message is dropped.
+    Autobahn case 7.1.5."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's Sans-I/O WebSocket protocol on `_ServerProtocol`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.__class__ = _ServerProtocol  # same state, one method more
+
+
+class _InvalidUtf8AtInfo(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 at ERROR with a traceback; it is the
+    client's mistake (closed with 1007), so one line at INFO like the others."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "a text frame was not valid UTF-8: closed with 1007", None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     config = uvicorn.Config(
         app,
@@ -79,7 +119,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         # send, pings, and the frame size limit (larger frames close with 1009).
         # A request head that never completes (slowloris) is closed after the hello timeout.
         http=http_protocol(settings.hello_timeout),
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         # Compression costs ~30 KB per socket and the frames are small: off.
         ws_per_message_deflate=False,
@@ -94,6 +134,10 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         access_log=False,
     )
     redact_logs()  # uvicorn has configured its loggers by now
+    for name in ("uvicorn.error", "websockets"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _InvalidUtf8AtInfo) for f in logger.filters):
+            logger.addFilter(_InvalidUtf8AtInfo())
     return config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -253,6 +254,39 @@ async def test_frame_too_large_closes_1009(server: RunningServer, db: Factory) -
     viewer = await server.connect(user)
     await viewer.send(json.dumps({"op": "resume", "pad": "x" * (64 * 1024)}))
     assert await viewer.closed() == 1009
+
+
+async def test_text_not_utf8_closes_1007_logged_at_info(
+    database_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw socket: no client library would send a text frame that is not UTF-8."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    async with running_server(database_dsn, log_level="info") as running:
+        # uvicorn's loggers do not reach the root, and its configuration (done by now)
+        # replaces their handlers: listen on its own.
+        uvicorn_log.addHandler(caplog.handler)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            async with asyncio.timeout(10):
+                response = await reader.readuntil(b"\r\n\r\n")
+                assert response.startswith(b"HTTP/1.1 101"), response
+                payload, mask = b'{"op":"hello","token":"\xff\xfe"}', b"\x01\x02\x03\x04"
+                masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+                writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+                head = await reader.readexactly(2)
+                body = await reader.readexactly(head[1] & 0x7F)
+            writer.close()
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
+    assert head[0] == 0x88 and int.from_bytes(body[:2], "big") == 1007
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert [r for r in caplog.records if r.levelno == logging.INFO and "1007" in r.getMessage()]
+    assert "Traceback" not in caplog.text
 
 
 @pytest.mark.parametrize(
