@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
-from .config import MAX_WORKERS, ConfigError, Settings, default_data_dir
+from .config import MAX_WORKERS, ConfigError, Settings, database_url_only, default_data_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,13 +129,6 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-def _database_url_only() -> str:
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("DATABASE_URL must be set to a postgresql:// URL")
-    return url
-
-
 def run_server(
     settings: Settings, dsn: str, *, extra: Any = None, routes: list[Any] | None = None
 ) -> None:
@@ -158,16 +151,25 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.attached and not settings.database_url:
         raise ConfigError("OPSPUSH_CONFIG (attach mode) needs DATABASE_URL: the host's database")
     with database(settings) as dsn:
-        if not settings.database_url:
+        if settings.database_url:
+            _check_database(dsn)  # one line and exit 2, rather than a failed start-up
+        else:
             _apply_migrations(dsn)  # the embedded database is ours to keep current
         run_server(settings, dsn)
     return 0
 
 
+def _check_database(dsn: str) -> None:
+    from . import database_errors
+
+    asyncio.run(database_errors.check(dsn))
+
+
 def _apply_migrations(dsn: str) -> list[str]:
+    from .database_errors import guarded
     from .migrations import migrate
 
-    return asyncio.run(migrate(dsn))
+    return asyncio.run(guarded(dsn, lambda: migrate(dsn)))
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -176,7 +178,7 @@ def _migrate(args: argparse.Namespace) -> int:
             "migrate refused: OPSPUSH_CONFIG is set (attach mode), and the host's schema is not "
             "opspush's to migrate; run `opspush attach --config FILE` instead"
         )
-    applied = _apply_migrations(_database_url_only())
+    applied = _apply_migrations(database_url_only())
     print(f"applied: {', '.join(applied)}" if applied else "up to date")
     return 0
 
@@ -213,14 +215,14 @@ def _attach(args: argparse.Namespace) -> int:
     from .attach_cli import attach_command
 
     return attach_command(
-        _database_url_only(), args.config, check=args.check, triggers=args.triggers
+        database_url_only(), args.config, check=args.check, triggers=args.triggers
     )
 
 
 def _detach(args: argparse.Namespace) -> int:
     from .attach_cli import detach_command
 
-    return detach_command(_database_url_only(), args.config)
+    return detach_command(database_url_only(), args.config)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -306,11 +308,12 @@ def _demo_pusher_lines(settings: Settings, base: str, run_id: int) -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from .database_errors import guarded
     from .demo import Simulator, seed
     from .storage import create_pool
 
     logging.basicConfig(level="INFO")
-    url = _database_url_only()
+    url = database_url_only()
 
     async def go() -> None:
         pool = await create_pool(url, 2)
@@ -321,7 +324,7 @@ def _simulate(args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
-    asyncio.run(go())
+    asyncio.run(guarded(url, go))  # the simulator's own steps log and go on
     return 0
 
 

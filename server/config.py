@@ -201,9 +201,23 @@ def _pusher_app(env: Mapping[str, str]) -> PusherApp | None:
 def _database_url(value: str | None) -> str | None:
     if value is None:
         return None
-    if urlsplit(value).scheme not in ("postgres", "postgresql"):
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError as error:
+        raise ConfigError(f"DATABASE_URL is not a valid URL ({error})") from None
+    if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigError("DATABASE_URL must be a postgresql:// URL")
     return value
+
+
+def database_url_only(env: Mapping[str, str] | None = None) -> str:
+    """DATABASE_URL alone, validated (migrate, simulate: no secret needed)."""
+    env = os.environ if env is None else env
+    url = _database_url(env.get("DATABASE_URL") or None)
+    if url is None:
+        raise ConfigError("DATABASE_URL must be set to a postgresql:// URL")
+    return url
 
 
 def _origins(value: str) -> frozenset[str]:

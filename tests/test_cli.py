@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -12,6 +18,7 @@ import pytest
 from opspush.auth import verify_token
 from opspush.config import ConfigError, Settings
 from opspush.migrations import discover, migrate
+from tests.conftest import free_socket
 
 
 def opspush(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,6 +97,69 @@ def test_edge_settings_defaults_and_parsing() -> None:
     for bad in ("'none' https://a.example", "javascript:", "*", "https://a.example/path"):
         with pytest.raises(ConfigError):
             Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_FRAME_ANCESTORS": bad})
+
+
+@pytest.fixture(scope="module")
+def password_database() -> Iterator[str]:
+    """A PostgreSQL of its own that checks passwords (the suite's trusts every local user):
+    the socket folder; user `opspush_pw` has the password `right-password`."""
+    from opspush import embedded
+
+    folder = tempfile.mkdtemp(prefix="opspush-test-pw-")
+    server = embedded.start(os.path.join(folder, "data"), delete_on_stop=True)
+    try:
+        server.server.psql("CREATE ROLE opspush_pw LOGIN PASSWORD 'right-password';")
+        hba = Path(server.server.pgdata) / "pg_hba.conf"
+        hba.write_text("local all opspush_pw scram-sha-256\n" + hba.read_text())
+        server.server.psql("SELECT pg_reload_conf();")
+        yield parse_qs(urlsplit(server.dsn).query)["host"][0]
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+BAD_DATABASES = [
+    (
+        "bad URL",
+        lambda s, p: "postgresql://u@[bad/db",
+        "DATABASE_URL is not a valid URL (Invalid IPv6 URL)",
+    ),
+    (
+        "refused",
+        lambda s, p: f"postgresql://postgres@127.0.0.1:{p}/postgres",
+        "cannot connect to the database at 127.0.0.1:{p}: connection refused",
+    ),
+    (
+        "unknown host",
+        lambda s, p: "postgresql://postgres@no-such-host.invalid/postgres",
+        "unknown database host 'no-such-host.invalid'",
+    ),
+    (
+        "wrong password",
+        lambda s, p: f"postgresql://opspush_pw:wrong-password@/postgres?host={s}",
+        "the database at {s}:5432 refused the password of user 'opspush_pw'",
+    ),
+    (
+        "missing database",
+        lambda s, p: f"postgresql://postgres@/no_such_db?host={s}",
+        "the database server at {s}:5432 has no database 'no_such_db'",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "demo", "simulate"])
+@pytest.mark.parametrize(("url", "message"), [pytest.param(*c[1:], id=c[0]) for c in BAD_DATABASES])
+def test_bad_database_is_one_line_and_exit_2(
+    password_database: str, command: str, url: Any, message: str
+) -> None:
+    with free_socket() as closed:  # bound, never listening: connections are refused
+        port = closed.getsockname()[1]
+        dsn = url(password_database, port)
+        result = opspush(command, env={"OPSPUSH_SECRET": SECRET, "DATABASE_URL": dsn})
+    expected = "opspush: " + message.format(s=password_database, p=port)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
+    assert "wrong-password" not in result.stdout + result.stderr
 
 
 def test_token_mints_a_verifiable_token() -> None:
