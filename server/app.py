@@ -110,8 +110,13 @@ def create_app(
 
         return endpoint  # type: ignore[return-value]
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask; an empty answer beats a logged 404
+
     routes: list[BaseRoute] = [
         WebSocketRoute("/ws", websocket_endpoint),
+        Route("/", page("index.html")),
+        Route("/favicon.ico", no_icon),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),

@@ -25,9 +25,12 @@ log = logging.getLogger("opspush.storage")
 MALFORMED_JSON = "opspush-malformed-json"  # the DETAIL of attach.py's json_or NOTICE
 MAX_REPORTED_ROWS = 10_000
 
+# The display names are looked up by primary key in the same statement (still one per kind).
 _RUN_COLUMNS = """
     r.id, r.workspace_id, r.tenant_id, r.type, r.status, r.outcome, r.summary_counts,
-    r.failure_summary, r.created_at, r.started_at, r.completed_at
+    r.failure_summary, r.created_at, r.started_at, r.completed_at,
+    (SELECT w_.name FROM workspaces w_ WHERE w_.id = r.workspace_id) AS workspace_name,
+    (SELECT t_.name FROM tenants t_ WHERE t_.id = r.tenant_id) AS tenant_name
 """
 
 READ_RUNS = f"SELECT {_RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::bigint[])"

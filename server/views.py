@@ -43,7 +43,9 @@ def run_data(row: RowLike) -> dict[str, Any]:
     return {
         "id": row["id"],
         "workspace_id": row["workspace_id"],
+        "workspace_name": row["workspace_name"],
         "tenant_id": row["tenant_id"],
+        "tenant_name": row["tenant_name"],
         "type": row["type"],
         "status": run_display(row),
         "raw_status": row["status"],

@@ -104,9 +104,9 @@ function renderRun(run) {
       "Tenant",
       run.tenant_id == null
         ? h("span", { class: "muted", text: "Workspace only" })
-        : `Tenant ${run.tenant_id}`,
+        : (run.tenant_name ?? `Tenant ${run.tenant_id}`),
     ),
-    ...fact("Workspace", `Workspace ${run.workspace_id}`),
+    ...fact("Workspace", run.workspace_name ?? `Workspace ${run.workspace_id}`),
     ...fact("Outcome", h("code", { text: run.outcome ?? "—" })),
     ...fact("Created", timeEl(run.created_at)),
     ...fact("Started", timeEl(run.started_at, "not yet")),
@@ -131,7 +131,13 @@ function renderRun(run) {
     ),
   );
 
-  return [header, ...(progress ? [progress] : []), facts, counters, renderFailures(run.failure_summary)];
+  return [
+    header,
+    ...(progress ? [progress] : []),
+    facts,
+    counters,
+    renderFailures(run.failure_summary, counts.failed ?? 0),
+  ];
 }
 
 /**
@@ -142,15 +148,24 @@ function fact(label, value) {
   return [h("dt", { text: label }), h("dd", {}, value)];
 }
 
-/** @param {any} failures */
-function renderFailures(failures) {
+/**
+ * The reasons the run reported for its failures (`failure_summary`: one entry per reason,
+ * with how many items it hit), not the failed items: those are the "Failed" counter.
+ * @param {any} failures
+ * @param {number} failed the number of items that failed
+ */
+function renderFailures(failures, failed) {
   const list = Array.isArray(failures) ? failures : [];
+  const none =
+    failed > 0
+      ? `${fmtNumber(failed)} ${failed === 1 ? "item" : "items"} failed; the run reported no reasons.`
+      : "No failures reported.";
   return h(
     "section",
     { class: "failures", "aria-labelledby": "run-failures-h" },
-    h("h2", { id: "run-failures-h", text: `Failures (${list.length})` }),
+    h("h2", { id: "run-failures-h", text: `Failure reasons (${list.length})` }),
     list.length === 0
-      ? h("p", { class: "muted", text: "No failures reported." })
+      ? h("p", { class: "muted", text: none })
       : h(
           "ul",
           { class: "failure-list" },

@@ -30,10 +30,11 @@ const ERROR_MESSAGES = {
  * Each run row carries `data-run-id`; its status badge carries `data-status`; the two lists
  * carry `data-list="active"` and `data-list="recent"`.
  * @param {HTMLElement} root
- * @param {{client: OpsPush, workspaceId: string | number}} options
+ * @param {{client: OpsPush, workspaceId: string | number, onName?: (name: string) => void}} options
+ *   `onName` gets the workspace's name once a run has told it
  * @returns {{destroy: () => void}}
  */
-export function mountWall(root, { client, workspaceId }) {
+export function mountWall(root, { client, workspaceId, onName }) {
   const activeCount = h("span", { class: "count" });
   const recentCount = h("span", { class: "count" });
   const activeList = h("ol", {
@@ -100,6 +101,8 @@ export function mountWall(root, { client, workspaceId }) {
   const sub = client.subscribe(`operations:${workspaceId}`, {
     onState(data) {
       runs = Array.isArray(data?.runs) ? data.runs : [];
+      const name = runs.find((r) => r.workspace_name)?.workspace_name;
+      if (name && onName) onName(name);
       /** @type {string[]} */
       const finished = [];
       for (const run of runs) {
@@ -162,7 +165,7 @@ function title(run) {
     h("span", { class: "wall-type", text: run.type ?? "" }),
     h("span", {
       class: "wall-tenant",
-      text: run.tenant_id == null ? "Workspace" : `Tenant ${run.tenant_id}`,
+      text: run.tenant_id == null ? "Workspace" : (run.tenant_name ?? `Tenant ${run.tenant_id}`),
     }),
   );
 }

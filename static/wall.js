@@ -27,7 +27,14 @@ startPage({
     const heading = document.getElementById("wall-title");
     if (heading) heading.textContent = `Workspace ${id} · Operations`;
     document.title = `Wall · Workspace ${id} · opspush`;
-    mountWall(root, { client, workspaceId: id });
+    mountWall(root, {
+      client,
+      workspaceId: id,
+      onName(name) {
+        if (heading) heading.textContent = `${name} · Operations`;
+        document.title = `Wall · ${name} · opspush`;
+      },
+    });
   },
 });
 

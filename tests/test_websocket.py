@@ -29,7 +29,8 @@ async def test_run_from_queued_to_succeeded_then_end_and_close_4000(
     assert first["type"] == "state" and first["ch"] == f"run:{run}"
     assert first["data"]["status"] == "queued" and first["interval"] == 1
     assert set(first["data"]) == {
-        "id", "workspace_id", "tenant_id", "type", "status", "raw_status", "outcome",
+        "id", "workspace_id", "workspace_name", "tenant_id", "tenant_name", "type", "status",
+        "raw_status", "outcome",
         "summary_counts", "progress", "failure_summary", "created_at", "started_at",
         "completed_at",
     }  # fmt: skip
@@ -247,6 +248,31 @@ async def test_rate_limit_then_4429(database_dsn: str, db: Factory) -> None:
         for _ in range(10):
             await viewer.send({"op": "resume"})
         assert await viewer.closed() == 4429
+
+
+async def test_runs_carry_the_workspace_and_tenant_names(
+    server: RunningServer, db: Factory, viewers: list[Viewer]
+) -> None:
+    ws = await db.workspace("Contoso Operations")
+    tenant = await db.tenant(ws, "Fabrikam")
+    user = await db.user(ws, "owner")
+    with_tenant, tenantless = await db.run(ws, tenant), await db.run(ws)
+    viewer = await server.connect(user)
+    viewers.append(viewer)
+    data = (await viewer.subscribe(f"run:{with_tenant}"))["data"]
+    assert (data["workspace_name"], data["tenant_name"]) == ("Contoso Operations", "Fabrikam")
+    data = (await viewer.subscribe(f"run:{tenantless}"))["data"]
+    assert (data["workspace_name"], data["tenant_name"]) == ("Contoso Operations", None)
+    wall = (await viewer.subscribe(f"operations:{ws}"))["data"]
+    assert {run["tenant_name"] for run in wall["runs"]} == {"Fabrikam", None}
+
+
+async def test_index_page_and_no_favicon_404(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        index = await http.get("/")
+        icon = await http.get("/favicon.ico")
+    assert index.status_code == 200 and 'href="/wall/1"' in index.text
+    assert icon.status_code == 204
 
 
 async def test_frame_too_large_closes_1009(server: RunningServer, db: Factory) -> None:

@@ -1,0 +1,7 @@
+// index.js: the links of the index page keep the token of this page's address, if any.
+const hash = location.hash;
+if (hash) {
+  for (const link of document.querySelectorAll("a[data-page]")) {
+    link.setAttribute("href", `${link.getAttribute("href")}${hash}`);
+  }
+}
