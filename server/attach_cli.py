@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 from collections.abc import Callable
 
@@ -90,13 +89,14 @@ def demo_attach(args: argparse.Namespace) -> int:
     by a simulator writing its tables, attached with triggers, served by a least-privilege
     role that may read only opspush's views."""
     from . import host_demo
-    from .cli import _demo_links, _settings, configure_logging, database, run_server
+    from .cli import _demo_links, _settings, configure_logging, database, demo_secret, run_server
 
     env = dict(os.environ)
-    env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
     env.setdefault(
         "OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo-attach")
     )
+    if not env.get("OPSPUSH_SECRET"):  # kept beside the data: the links survive a restart
+        env["OPSPUSH_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"])
     env["OPSPUSH_CONFIG"] = str(host_demo.MAPPING)
     settings = _settings(args, env)
     configure_logging(settings.log_level)

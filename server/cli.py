@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -29,12 +30,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+SERVE_ENV = """environment:
+  DATABASE_URL       postgresql://user:password@host:port/database; unset: an embedded
+                     PostgreSQL in OPSPUSH_DATA_DIR (default ~/.local/share/opspush/pgdata)
+  OPSPUSH_SECRET     required: the HS256 secret shared with the host application (32+ chars)
+  OPSPUSH_HOST, OPSPUSH_PORT, OPSPUSH_ALLOWED_ORIGINS, OPSPUSH_LOG_LEVEL, and the limits
+  (OPSPUSH_MAX_*, OPSPUSH_RATE_*, ...): see the README's Configuration table"""
+
+DEMO_ENV = """environment:
+  DATABASE_URL       unset (the default): an embedded PostgreSQL in OPSPUSH_DATA_DIR
+                     (default ~/.local/share/opspush/demo)
+  OPSPUSH_SECRET     unset: one made once and kept in <OPSPUSH_DATA_DIR>-secret
+  OPSPUSH_HOST, OPSPUSH_PORT, OPSPUSH_LOG_LEVEL
+reset the demo's data: stop it, then
+  rm -rf ~/.local/share/opspush/demo ~/.local/share/opspush/demo-secret"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opspush", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="opspush",
+        description=__doc__,
+        epilog="Each command's --help lists the environment variables it reads.",
+    )
     parser.add_argument("--version", action="version", version=f"opspush {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve WebSockets and pages")
+    serve = commands.add_parser(
+        "serve", help="serve WebSockets and pages", epilog=SERVE_ENV, formatter_class=raw
+    )
     serve.add_argument("--host", help="overrides OPSPUSH_HOST")
     serve.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
     serve.add_argument(
@@ -44,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    migrate = commands.add_parser("migrate", help="apply the sql/ migrations to DATABASE_URL")
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply the sql/ migrations to DATABASE_URL",
+        epilog="environment:\n  DATABASE_URL       required: postgresql://user:password@host:port/db",
+        formatter_class=raw,
+    )
     migrate.set_defaults(func=_migrate)
 
     attach = commands.add_parser(
@@ -62,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     detach.add_argument("--config", required=True, help="the mapping file (TOML)")
     detach.set_defaults(func=_detach)
 
-    token = commands.add_parser("token", help="mint a token for a user (OPSPUSH_SECRET)")
+    token = commands.add_parser(
+        "token",
+        help="mint a token for a user (OPSPUSH_SECRET)",
+        epilog="environment:\n  OPSPUSH_SECRET     required: the secret the service verifies with",
+        formatter_class=raw,
+    )
     token.add_argument("--user", type=int, required=True)
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
     token.add_argument(
@@ -73,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(func=_token)
 
-    demo = commands.add_parser("demo", help="embedded database, simulator and server")
+    demo = commands.add_parser(
+        "demo", help="embedded database, simulator and server", epilog=DEMO_ENV, formatter_class=raw
+    )
     demo.add_argument("--host", help="overrides OPSPUSH_HOST")
     demo.add_argument("--port", type=int, help="overrides OPSPUSH_PORT")
     demo.add_argument(
@@ -83,7 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
 
-    simulate = commands.add_parser("simulate", help="run only the demo simulator")
+    simulate = commands.add_parser(
+        "simulate",
+        help="run only the demo simulator",
+        epilog="environment:\n  DATABASE_URL       required: the (migrated) database to write to",
+        formatter_class=raw,
+    )
     simulate.set_defaults(func=_simulate)
     return parser
 
@@ -225,14 +266,32 @@ def _detach(args: argparse.Namespace) -> int:
     return detach_command(database_url_only(), args.config)
 
 
+def demo_data_dir() -> str:
+    return os.path.join(os.path.dirname(default_data_dir()), "demo")
+
+
+def demo_secret(data_dir: str) -> str:
+    """The demo's secret, kept beside its data, so that the links it printed keep working
+    after a restart: made once, read after."""
+    path = Path(f"{data_dir.rstrip('/')}-secret")
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(secret + "\n")
+    return secret
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.attach:
         from .attach_cli import demo_attach
 
         return demo_attach(args)
     env = dict(os.environ)
-    env.setdefault("OPSPUSH_SECRET", secrets.token_urlsafe(32))
-    env.setdefault("OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo"))
+    env.setdefault("OPSPUSH_DATA_DIR", demo_data_dir())
+    if not env.get("OPSPUSH_SECRET"):
+        env["OPSPUSH_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"])
     # The Pusher endpoint too, so that the Echo page works; the values are printed.
     if not any(env.get(name) for name in ("OPSPUSH_PUSHER_APP_ID", "OPSPUSH_PUSHER_KEY")):
         env["OPSPUSH_PUSHER_APP_ID"] = "opspush-demo"
@@ -259,10 +318,13 @@ def _demo_startup(settings: Settings) -> Any:
             ids = await seed(connection)
         simulator = Simulator(pool, ids)
         await simulator.ensure_activity()
-        first_run = await pool.fetchval(
-            "SELECT max(id) FROM operation_runs WHERE workspace_id = $1", ids.workspace_id
+        # The newest run still in flight: the one that will keep moving longest.
+        moving = await pool.fetchval(
+            """SELECT max(id) FROM operation_runs
+               WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
+            ids.workspace_id,
         )
-        _demo_links(settings, ids.workspace_id, ids.tenant_ids, ids.owner_id, first_run)
+        _demo_links(settings, ids.workspace_id, ids.tenant_ids, ids.owner_id, moving)
         return simulator.run()
 
     return start
@@ -273,22 +335,27 @@ def _demo_links(
     workspace_id: int,
     tenant_ids: list[int],
     owner_id: int,
-    first_run: int | None,
+    run_id: int | None,
 ) -> None:
+    """Where to look: the wall, a run still in flight, a card, the index, and the token."""
     from .auth import mint_token
 
     token = mint_token(owner_id, settings.secret, ttl=12 * 3600)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
-    mode = " (attach mode)" if settings.attached else ""
+    mode = " in attach mode" if settings.attached else ""
+    data = (settings.database_url and "DATABASE_URL") or settings.data_dir
     print(
-        f"\nopspush demo is running{mode}\n"
-        f"  wall:        {base}/wall/{workspace_id}#token={token}\n"
-        f"  run viewer:  {base}/runs/{first_run or 1}#token={token}\n"
-        f"  review pack: {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
-        f"  WebSocket:   ws://{host}:{settings.port}/ws\n"
-        f"  token (user {owner_id}, owner): {token}\n"
-        + _demo_pusher_lines(settings, base, first_run or 1),
+        f"\nopspush demo is running{mode} (data: {data})\n"
+        f"  wall (every live run): {base}/wall/{workspace_id}#token={token}\n"
+        f"  a run in flight:       {base}/runs/{run_id or 1}#token={token}\n"
+        f"  review pack:           {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
+        f"  all pages:             {base}/#token={token}\n"
+        f"  WebSocket:             ws://{host}:{settings.port}/ws\n"
+        f"  token (user {owner_id}, owner, 12 h): {token}\n"
+        + _demo_pusher_lines(settings, base, run_id or 1)
+        + "Runs finish within minutes; the wall always lists the live ones. The links keep\n"
+        "working across restarts (the secret is kept beside the data).\n",
         flush=True,
     )
 

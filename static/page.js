@@ -39,6 +39,7 @@ export function startPage({ prefix, noun, mount }) {
       const label =
         state === "final" && detail.reason === "auth" ? "Signed out: reload with a new token" : undefined;
       showConnection(indicator, state, label);
+      markStale(root, state, detail);
     },
   });
   showConnection(indicator, client.connection);
@@ -46,4 +47,33 @@ export function startPage({ prefix, noun, mount }) {
   mount(root, client, id);
   startRelativeClock();
   return client;
+}
+
+/**
+ * Grey the page's data, and say since when, while it is no longer live: the socket is
+ * reconnecting, or closed for good other than by the natural end of what it showed (signed
+ * out, server gone). Back live, the mark goes.
+ * @param {HTMLElement} root
+ * @param {string} state
+ * @param {{reason?: string}} detail
+ */
+function markStale(root, state, detail) {
+  const stale = state === "reconnecting" || (state === "final" && detail.reason !== "ended");
+  const banner = root.parentElement?.querySelector(".stale-notice");
+  if (!stale) {
+    delete root.dataset.stale;
+    banner?.remove();
+    return;
+  }
+  if (root.dataset.stale) return; // keep the first moment it stopped being live
+  const since = new Date();
+  root.dataset.stale = since.toISOString();
+  const why = detail.reason === "auth" ? "signed out" : state === "reconnecting" ? "reconnecting" : "disconnected";
+  root.before(
+    h(
+      "p",
+      { class: "notice stale-notice", role: "status" },
+      `Not live since ${since.toLocaleTimeString()} (${why}): what you see below may be out of date.`,
+    ),
+  );
 }

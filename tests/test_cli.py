@@ -15,7 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import pytest
 
+from opspush import __version__ as opspush_version
 from opspush.auth import verify_token
+from opspush.cli import demo_secret
 from opspush.config import ConfigError, Settings
 from opspush.migrations import discover, migrate
 from tests.conftest import free_socket
@@ -160,6 +162,31 @@ def test_bad_database_is_one_line_and_exit_2(
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
     assert "wrong-password" not in result.stdout + result.stderr
+
+
+def test_demo_secret_is_made_once_and_kept_beside_its_data(tmp_path: Path) -> None:
+    data = str(tmp_path / "demo")
+    first = demo_secret(data)
+    assert len(first) >= 32 and demo_secret(data) == first  # a restart keeps the links working
+    kept = tmp_path / "demo-secret"
+    assert kept.read_text().strip() == first and kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_help_texts_name_the_environment() -> None:
+    for command, names in [
+        ("serve", ["DATABASE_URL", "OPSPUSH_SECRET", "OPSPUSH_DATA_DIR"]),
+        ("demo", ["DATABASE_URL", "OPSPUSH_SECRET", "rm -rf"]),
+        ("migrate", ["DATABASE_URL"]),
+        ("simulate", ["DATABASE_URL"]),
+        ("token", ["OPSPUSH_SECRET"]),
+    ]:
+        result = opspush(command, "--help")
+        assert result.returncode == 0 and all(name in result.stdout for name in names), command
+
+
+def test_version() -> None:
+    result = opspush("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"opspush {opspush_version}"
 
 
 def test_token_mints_a_verifiable_token() -> None:

@@ -139,10 +139,15 @@ async def test_wall_reconnects_after_a_server_restart_and_catches_up(
         await open_page(page, page_url(running, f"/wall/{ws}", user))
         await page.wait_for_selector(f'[data-list="active"] [data-run-id="{first}"]')
     await page.wait_for_selector('[data-connection="reconnecting"]')  # 1012: restarting
+    # No longer live: the data is greyed and a notice says since when.
+    await page.wait_for_selector("#app[data-stale]")
+    assert "Not live since" in await page.inner_text(".stale-notice")
 
     second = await db.run(ws, status="queued")  # created while the server is down
     async with running_server(database_dsn, port=port):
         await page.wait_for_selector('[data-connection="live"]', timeout=30_000)
+        await page.wait_for_selector("#app:not([data-stale])")
+        assert await page.locator(".stale-notice").count() == 0
         await page.wait_for_selector(f'[data-list="active"] [data-run-id="{second}"]')
         await page.wait_for_selector(f'[data-run-id="{first}"]')
 
