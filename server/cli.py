@@ -354,8 +354,8 @@ def _demo_links(
         f"  WebSocket:             ws://{host}:{settings.port}/ws\n"
         f"  token (user {owner_id}, owner, 12 h): {token}\n"
         + _demo_pusher_lines(settings, base, run_id or 1)
-        + "Runs finish within minutes; the wall always lists the live ones. The links keep\n"
-        "working across restarts (the secret is kept beside the data).\n",
+        + "Runs finish within a minute or so; the wall always lists the live ones. The links\n"
+        "keep working across restarts (the secret is kept beside the data).\n",
         flush=True,
     )
 
