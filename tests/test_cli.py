@@ -230,3 +230,17 @@ async def test_migrate_is_idempotent_and_records_versions(database_dsn: str) -> 
         await connection.close()
     assert versions == [m.version for m in discover()]
     assert defaults >= 5
+
+
+def test_sql_and_static_dirs_default_to_the_package_and_honour_the_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opspush.resources import sql_dir, static_dir
+
+    monkeypatch.delenv("OPSPUSH_SQL_DIR", raising=False)
+    monkeypatch.delenv("OPSPUSH_STATIC_DIR", raising=False)
+    assert (sql_dir() / "001_schema.sql").is_file()
+    assert (static_dir() / "opspush.js").is_file()
+    monkeypatch.setenv("OPSPUSH_SQL_DIR", str(tmp_path / "sql"))
+    monkeypatch.setenv("OPSPUSH_STATIC_DIR", str(tmp_path / "static"))
+    assert (sql_dir(), static_dir()) == (tmp_path / "sql", tmp_path / "static")

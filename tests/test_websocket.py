@@ -253,16 +253,16 @@ async def test_rate_limit_then_4429(database_dsn: str, db: Factory) -> None:
 async def test_runs_carry_the_workspace_and_tenant_names(
     server: RunningServer, db: Factory, viewers: list[Viewer]
 ) -> None:
-    ws = await db.workspace("Contoso Operations")
+    ws = await db.workspace("Woodgrove Operations")
     tenant = await db.tenant(ws, "Fabrikam")
     user = await db.user(ws, "owner")
     with_tenant, tenantless = await db.run(ws, tenant), await db.run(ws)
     viewer = await server.connect(user)
     viewers.append(viewer)
     data = (await viewer.subscribe(f"run:{with_tenant}"))["data"]
-    assert (data["workspace_name"], data["tenant_name"]) == ("Contoso Operations", "Fabrikam")
+    assert (data["workspace_name"], data["tenant_name"]) == ("Woodgrove Operations", "Fabrikam")
     data = (await viewer.subscribe(f"run:{tenantless}"))["data"]
-    assert (data["workspace_name"], data["tenant_name"]) == ("Contoso Operations", None)
+    assert (data["workspace_name"], data["tenant_name"]) == ("Woodgrove Operations", None)
     wall = (await viewer.subscribe(f"operations:{ws}"))["data"]
     assert {run["tenant_name"] for run in wall["runs"]} == {"Fabrikam", None}
 

@@ -55,8 +55,8 @@ async def screenshot(page: Any, name: str) -> None:
 async def test_run_page_follows_a_run_to_succeeded_then_has_no_socket(
     server: RunningServer, db: Factory, page: Any
 ) -> None:
-    ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    ws = await db.workspace("Woodgrove Operations")
+    tenant = await db.tenant(ws, "Fabrikam")
     user = await db.user(ws, "readonly", tenants=[tenant])
     run = await db.run(ws, tenant, status="queued")
     sockets = await open_page(page, page_url(server, f"/runs/{run}", user))
@@ -75,6 +75,8 @@ async def test_run_page_follows_a_run_to_succeeded_then_has_no_socket(
     await page.wait_for_selector('[data-status="running"]')
     await page.wait_for_selector('progress[value="40"]')
     assert "graph.throttled" in await page.locator(".failure-list").inner_text()
+    facts = await page.locator(".facts").inner_text()
+    assert "Fabrikam" in facts and "Woodgrove Operations" in facts  # names, not ids
     await screenshot(page, "run.png")
 
     await db.update_run(
@@ -200,8 +202,9 @@ async def test_wall_shows_a_new_run_and_its_completion(
     manual: RunningServer, clock: ManualClock, db: Factory, page: Any
 ) -> None:
     await page.set_viewport_size({"width": 1920, "height": 1080})
-    ws = await db.workspace()
-    tenants = [await db.tenant(ws) for _ in range(3)]
+    ws = await db.workspace("Woodgrove Operations")
+    names = ("Fabrikam", "Northwind Traders", "Tailspin Toys")
+    tenants = [await db.tenant(ws, name) for name in names]
     user = await db.user(ws, "owner")
     now = clock.now()
     running = await db.run(
@@ -247,6 +250,7 @@ async def test_wall_shows_a_new_run_and_its_completion(
         "(rows) => rows.map((r) => Number(r.dataset.runId))"
     )
     assert ids[0] == new and running in ids
+    await page.wait_for_selector('#wall-title:has-text("Woodgrove Operations")')
     await screenshot(page, "wall.png")
 
     await db.update_run(new, status="running", started_at=clock.now())
