@@ -117,7 +117,8 @@ async def main(command: str) -> None:
         stack.push_async_callback(stop, process)
         await wait_healthy(base, process)
         step(f"opspush serve: {base} healthy")
-        for path in (f"/wall/{ids.workspace_id}", f"/runs/{run_id}", "/static/opspush.js"):
+        pages = (f"/wall/{ids.workspace_id}", f"/runs/{run_id}", "/static/opspush.js")
+        for path in (*pages, "/static/vendor/pusher-8.6.0.min.js"):
             status, body = await asyncio.to_thread(get, base + path)
             step(f"GET {path}: {status}, {len(body)} bytes")
         token = mint_token(ids.owner_id, SECRET)
