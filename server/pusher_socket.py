@@ -25,7 +25,7 @@ from .channels import Channel, Kind
 from .outbox import Outbox
 from .pusher import PusherError
 from .pusher_hub import PusherHub
-from .websocket import _abort, close_quietly
+from .websocket import _abort, close_quietly, send_from_outbox
 
 if TYPE_CHECKING:
     from .service import Service
@@ -158,14 +158,16 @@ class PusherSession:
             if text is None:
                 if len(message.get("bytes") or b"") > max_bytes:
                     return protocol.CLOSE_TOO_BIG
-                self._error(None, "frames must be UTF-8 JSON text")
-                continue
-            if len(text) > max_bytes and len(text.encode()) > max_bytes:
+            elif len(text) > max_bytes and len(text.encode()) > max_bytes:
                 return protocol.CLOSE_TOO_BIG
+            # Every frame counts, text or binary: a flood of either is the same flood.
             if not self.limiter.allow(time.monotonic()):
                 if self.limiter.exhausted:
                     return pusher.OVER_CAPACITY
                 self._error(pusher.CLIENT_EVENT_REJECTED, "too many messages; slow down")
+                continue
+            if text is None:
+                self._error(None, "frames must be UTF-8 JSON text")
                 continue
             try:
                 self._handle(pusher.parse_client_frame(text))
@@ -176,25 +178,10 @@ class PusherSession:
 
     async def _send_loop(self) -> int | None:
         timeout = self.service.settings.send_timeout
-        outbox = self.outbox
-        while True:
-            await outbox.ready.wait()
-            item = outbox.pop()
-            if item is None:
-                continue
-            if isinstance(item, int):
-                return item
-            if outbox.overflowed:
-                return pusher.OVER_CAPACITY
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.websocket.send_text(item)
-            except TimeoutError:
-                log.info("closing a Pusher socket that read nothing for %.0f s", timeout)
-                self.stalled = True
-                return pusher.OVER_CAPACITY
-            except WebSocketDisconnect:
-                return None
+        code, self.stalled = await send_from_outbox(
+            self.websocket, self.outbox, timeout, pusher.OVER_CAPACITY
+        )
+        return code
 
     # -- client frames -------------------------------------------------------------------
 

@@ -126,25 +126,10 @@ class Session:
 
     async def _send_loop(self) -> int | None:
         timeout = self.service.settings.send_timeout
-        outbox = self.outbox
-        while True:
-            await outbox.ready.wait()
-            item = outbox.pop()
-            if item is None:
-                continue
-            if isinstance(item, int):
-                return item
-            if outbox.overflowed:
-                return protocol.CLOSE_TOO_MANY
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.websocket.send_text(item)
-            except TimeoutError:
-                log.info("closing a viewer that read nothing for %.0f s", timeout)
-                self.stalled = True
-                return protocol.CLOSE_TOO_MANY
-            except WebSocketDisconnect:
-                return None  # the peer left while a frame was on its way: not an error
+        code, self.stalled = await send_from_outbox(
+            self.websocket, self.outbox, timeout, protocol.CLOSE_TOO_MANY
+        )
+        return code
 
     def _handle(self, command: protocol.Command) -> None:
         engine = self.service.engine
@@ -273,6 +258,33 @@ async def _handshake(websocket: WebSocket, service: Service) -> Identity | int |
     if not facts.exists:
         return protocol.CLOSE_UNAUTHENTICATED
     return identity
+
+
+async def send_from_outbox(
+    websocket: WebSocket, outbox: Outbox, send_timeout: float, overflow_code: int
+) -> tuple[int | None, bool]:
+    """Drain a viewer's outbox into its socket until a close is due (both endpoints' sender).
+
+    Returns the close code to send (None: the peer left) and whether the peer stopped
+    reading for `send_timeout` (its connection is then reset after the close is tried).
+    """
+    while True:
+        await outbox.ready.wait()
+        item = outbox.pop()
+        if item is None:
+            continue
+        if isinstance(item, int):
+            return item, False
+        if outbox.overflowed:
+            return overflow_code, False
+        try:
+            async with asyncio.timeout(send_timeout):
+                await websocket.send_text(item)
+        except TimeoutError:
+            log.info("closing a viewer that read nothing for %.0f s", send_timeout)
+            return overflow_code, True
+        except WebSocketDisconnect:
+            return None, False  # the peer left while a frame was on its way: not an error
 
 
 async def close_quietly(websocket: WebSocket, code: int) -> None:

@@ -154,6 +154,11 @@ async def test_client_events_bad_frames_and_a_flood(
         assert await socket.closed() == 4100
         await bystander.send("pusher:ping")
         assert (await bystander.recv())["event"] == "pusher:pong"
+        # Binary frames spend from the same bucket (issue 13, finding 3, on this endpoint too).
+        binary = await _open(server, sockets)
+        for _ in range(40):
+            await binary.connection.send(b"\x00")
+        assert await binary.closed() == 4100
 
 
 async def test_signed_in_connections_follow_the_access_rules(
