@@ -41,21 +41,28 @@ class _Deadline:
         transport.close()
 
 
-class H11WithDeadline(H11Protocol):
-    header_timeout = 10.0
+class _HeadDeadline:
+    """The deadline above, for either of uvicorn's HTTP protocols (mixed in before it)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    header_timeout = 10.0
+    _deadline: _Deadline
+
+    def connection_made(self, transport: Any) -> None:  # each base names its own type
+        super().connection_made(transport)  # type: ignore[misc]
         self._deadline = _Deadline(self, self.header_timeout)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self._deadline.cancel()
         self._deadline = _Deadline(self, self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class H11WithDeadline(_HeadDeadline, H11Protocol):
+    pass
 
 
 try:
@@ -64,21 +71,8 @@ except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     BASE: type[asyncio.Protocol] = H11WithDeadline
 else:
 
-    class HttpToolsWithDeadline(HttpToolsProtocol):
-        header_timeout = 10.0
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._deadline = _Deadline(self, self.header_timeout)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._deadline.cancel()
-            self._deadline = _Deadline(self, self.header_timeout)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._deadline.cancel()
-            super().connection_lost(exc)
+    class HttpToolsWithDeadline(_HeadDeadline, HttpToolsProtocol):
+        pass
 
     BASE = HttpToolsWithDeadline
 
