@@ -1,11 +1,12 @@
 """The subscription engine: one shared reader per channel, however many viewers watch it.
 
-Each watched channel is a `Watch`. A scheduler keeps every watch's next due time on a heap;
-at each tick the engine reads every due watch of a kind with one batched query, hashes the
-new state, and hands it to the viewers whose last state differs. The interval rules decide
-the next read; a terminal state is pushed once more with `interval: null`, followed by `end`,
-and the watch is dropped. Access is decided per (channel, user), from facts loaded in one
-batched query for all users that need them, and re-checked on a fixed cadence.
+Each watched channel is a `Watch` (watch.py). A `Schedule` (schedule.py) keeps every watch's
+next due time; at each tick the engine reads every due watch of a kind with one batched
+query, hashes the new state, and the fan-out (fanout.py) hands it to the viewers whose last
+state differs. The interval rules decide the next read; a terminal state is pushed once more
+with `interval: null`, followed by `end`, and the watch is dropped. Access is decided per
+(channel, user), from facts loaded in one batched query for all users that need them (the
+cache in facts.py), and re-checked on a fixed cadence.
 
 Never a byte out of scope: a read that moves a channel's scope (a run's workspace, tenant or
 type; a card's workspace) decides every subscriber on the new scope before anything is pushed.
@@ -22,89 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import heapq
 import logging
-import math
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from . import access, protocol, rules, views
-from .access import CapabilityTable, Decision, RunScope, TenantScope, UserFacts
+from .access import Decision, RunScope, TenantScope, UserFacts
 from .channels import Channel, Kind
 from .clock import Clock, SystemClock
-from .outbox import Outbox
+from .facts import FactsCache
+from .fanout import Fanout, set_state
+from .schedule import Schedule
 from .stats import EngineStats
 from .storage import AccessSnapshot, Row, Storage
 from .tasks import cancel_and_wait
+from .watch import Subscription, Viewer, Watch
 
 log = logging.getLogger("opspush.engine")
 
 _ACCESS = "access"  # the in-flight key of access loads, beside the channel kinds
-
-FACTS_TIMEOUT = 10.0  # how long a handshake waits for its user's access facts
-NEW_FACTS_AGE = 1.0  # a new subscription is decided on facts at most this old (seconds)
-
-
-class Viewer(Protocol):
-    """The engine's view of one WebSocket session.
-
-    `user_id` is None for a connection with no user of its own (a Pusher socket that did not
-    sign in): every subscription it makes must be granted by the host (see `subscribe`).
-    """
-
-    outbox: Outbox
-
-    @property
-    def user_id(self) -> int | None: ...
-
-    def subscription_closed(self, ch: str, *, ended: bool) -> None:
-        """The engine dropped this subscription: after an `end` frame, or a refusal."""
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    viewer: Viewer
-    paused: bool = False
-    accepted: bool = False  # access granted and the first state handed over
-    last_hash: bytes | None = None
-    # Authorized by the host (a token's `channels` claim, a Pusher channel signature) rather
-    # than by the access tables: existence, terminal state and `gone` still come from reads.
-    granted: bool = False
-    arrived: float = 0.0  # monotonic: its facts may be at most NEW_FACTS_AGE older
-    after_read: int = 0  # the engine's read count when it arrived: a refusal needs a later read
-    # Its channel's scope moved and its user's facts are not current (an access change is
-    # being loaded): nothing is pushed to it until a re-check decides it.
-    held: bool = False
-
-
-@dataclass(eq=False)
-class Watch:
-    channel: Channel
-    name: str
-    subs: dict[Viewer, Subscription] = field(default_factory=dict)
-    active: int = 0  # subscriptions not paused
-    next_due: float | None = None  # monotonic; None until first read
-    read_at: float | None = None
-    read_seq: int = 0  # which read (the engine's count) the latest state came from
-    issued_seq: int = 0  # the latest read of it issued, landed or not
-    stale: bool = False  # a change was notified while every viewer was paused
-    interval: int | None = None
-    final: bool = False
-    existed: bool = False  # seen in the database at least once
-    # The latest read. A run or a card is the same for everyone; a wall is filtered per user.
-    scope: RunScope | TenantScope | None = None
-    frame: str | None = None
-    digest: bytes | None = None
-    wall_runs: list[tuple[RunScope, str]] = field(default_factory=list)
-    wall_frames: dict[int, tuple[bytes, str]] = field(default_factory=dict)
-    retry_delay: float = 0.0
-
-
-def _digest(data_json: str) -> bytes:
-    return hashlib.blake2b(data_json.encode(), digest_size=16).digest()
 
 
 class Engine:
@@ -121,21 +59,16 @@ class Engine:
         self.storage = storage
         self.clock: Clock = clock or SystemClock()
         self.recheck_interval = recheck_interval
-        self.grid = grid
         self.wall_max_runs = wall_max_runs
         self.stats = stats or EngineStats()
         self.watches: dict[Channel, Watch] = {}
-        self._heap: list[tuple[float, int, Channel]] = []
-        self._seq = 0
+        self._schedule = Schedule(grid)
+        self._facts = FactsCache(self.clock, recheck_interval)
+        self._fanout = Fanout(self.stats, self._facts, self._remove)
         self._attention: set[Channel] = set()  # answer newcomers; read unless fresh
         self._forced: set[Channel] = set()  # read at the next tick, fresh or not
         self._pending: dict[Channel, list[Subscription]] = {}  # waiting for a first answer
-        # user id -> (facts, monotonic time its load was issued, access epoch at that time)
-        self._facts: dict[int, tuple[UserFacts, float, int]] = {}
-        self._access_epoch = 0  # bumped by every access-change notification (recheck_now)
         self._read_seq = 0  # reads issued so far
-        self._capabilities = CapabilityTable()
-        self._fact_waiters: dict[int, list[asyncio.Future[UserFacts]]] = {}
         self._next_recheck = self.clock.monotonic() + recheck_interval
         self._access_retry = 0.0  # backoff of access loads while the database fails them
         self._wake = asyncio.Event()
@@ -159,10 +92,7 @@ class Engine:
             job.cancel()
         await asyncio.gather(*inflight, return_exceptions=True)
         self._inflight.clear()
-        for waiters in self._fact_waiters.values():
-            for waiter in waiters:
-                waiter.cancel()
-        self._fact_waiters.clear()
+        self._facts.cancel_waiters()
 
     @property
     def healthy(self) -> bool:
@@ -185,14 +115,9 @@ class Engine:
     def _seconds_to_next_due(self) -> float:
         now = self.clock.monotonic()
         candidates = [self._next_recheck]
-        while self._heap:
-            due, _, channel = self._heap[0]
-            watch = self.watches.get(channel)
-            if watch is None or watch.next_due != due:
-                heapq.heappop(self._heap)  # stale entry
-                continue
+        due = self._schedule.next_due(self.watches)
+        if due is not None:
             candidates.append(due)
-            break
         return max(0.0, min(candidates) - now)
 
     def wake(self) -> None:
@@ -202,21 +127,11 @@ class Engine:
 
     async def user_facts(self, user_id: int) -> UserFacts:
         """The access facts of a user, loaded with everyone else's in the next tick."""
-        cached = self._facts.get(user_id)
-        if cached is not None and self._known_user(user_id):
-            return cached[0]
-        waiter: asyncio.Future[UserFacts] = asyncio.get_running_loop().create_future()
-        self._fact_waiters.setdefault(user_id, []).append(waiter)
-        self.wake()
-        try:
-            async with asyncio.timeout(FACTS_TIMEOUT):
-                return await waiter
-        finally:
-            waiters = self._fact_waiters.get(user_id)
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._fact_waiters[user_id]
+        facts = self._facts.fresh(user_id)
+        if facts is not None:
+            return facts
+        self.wake()  # the tick it wakes runs once this awaits: it finds the waiter
+        return await self._facts.wait(user_id)
 
     def subscribe(self, viewer: Viewer, channel: Channel, *, granted: bool = False) -> None:
         """Watch `channel` for `viewer`; its first answer (state or error) comes through the outbox.
@@ -245,7 +160,7 @@ class Engine:
         if not self._fresh(watch):
             self._attention.add(channel)
             self.wake()
-        elif granted or self._facts_for(sub) is not None:
+        elif granted or self._facts.for_new(sub) is not None:
             # A live channel: if allowed, the last state with no read; a refusal waits for
             # a read of the channel, as it would if nobody watched it.
             self._answer_pending(watch)
@@ -278,7 +193,7 @@ class Engine:
         if not sub.accepted:
             return
         if self._fresh(watch) and not watch.stale:
-            self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
+            self._fanout.push_to(watch, sub, self._fanout.frame_for(watch, viewer.user_id))
         else:
             # Dormant or notified while everyone was paused: read it now. The read decides
             # everyone on the scope it finds before pushing (see `_apply`).
@@ -312,7 +227,7 @@ class Engine:
         Facts loaded before now, or being loaded, decide nothing new after this: a new
         subscription, a scope change and a wall's filter wait for facts loaded after it.
         """
-        self._access_epoch += 1
+        self._facts.access_changed()
         for watch in self.watches.values():
             watch.wall_frames = {}
         self._next_recheck = self.clock.monotonic()
@@ -354,14 +269,16 @@ class Engine:
             started.append(self._spawn(kind, self._read(kind, watches, self._read_seq)))
 
         recheck = now >= self._next_recheck
-        users = {user_id for user_id in self._fact_waiters if not self._known_user(user_id)}
+        users = {
+            user_id for user_id in self._facts.waiting_users() if self._facts.fresh(user_id) is None
+        }
         for waiting in self._pending.values():
             users.update(
                 sub.viewer.user_id
                 for sub in waiting
                 if sub.viewer.user_id is not None
                 and not sub.granted
-                and self._facts_for(sub) is None
+                and self._facts.for_new(sub) is None
             )
         if recheck:
             users |= self._watching_users()
@@ -400,12 +317,9 @@ class Engine:
     def _due_watches(self, now: float) -> list[tuple[Watch, bool]]:
         """The watches to read now, each with whether it must be read even if fresh."""
         scheduled: set[Channel] = set()
-        while self._heap and self._heap[0][0] <= now:
-            when, _, channel = heapq.heappop(self._heap)
-            watch = self.watches.get(channel)
-            if watch is not None and watch.next_due == when:
-                self.stats.observe_lag(now - when)
-                scheduled.add(channel)
+        for due, when in self._schedule.pop_due(now, self.watches):
+            self.stats.observe_lag(now - when)
+            scheduled.add(due.channel)
         forced = scheduled | self._forced
         candidates = forced | self._attention
         self._forced = set()
@@ -426,7 +340,7 @@ class Engine:
         return wanted
 
     async def _load_access(self, user_ids: list[int], now: float, recheck: bool) -> None:
-        epoch = self._access_epoch  # a notification while this runs makes its facts stale
+        epoch = self._facts.epoch  # a notification while this runs makes its facts stale
         if user_ids:
             self.stats.access_loads += 1
             try:
@@ -440,18 +354,13 @@ class Engine:
                     )
                     self._next_recheck = self.clock.monotonic() + self._access_retry
                 raise
-            self._capabilities = snapshot.capabilities
-            for user_id, facts in snapshot.users.items():
-                self._facts[user_id] = (facts, now, epoch)
-                for waiter in self._fact_waiters.pop(user_id, []):
-                    if not waiter.done():
-                        waiter.set_result(facts)
+            self._facts.store(snapshot, now, epoch)
         if recheck:
             self._access_retry = 0.0
-            if epoch == self._access_epoch:  # else re-check again at once, on newer facts
+            if epoch == self._facts.epoch:  # else re-check again at once, on newer facts
                 self._next_recheck = self.clock.monotonic() + self.recheck_interval
             self._recheck_all()
-            self._prune_facts()
+            self._facts.prune(self._watching_users())
         self._answer_all_pending()
 
     async def _read(self, kind: Kind, watches: list[Watch], seq: int) -> None:
@@ -480,7 +389,7 @@ class Engine:
                 watch.stale = True  # what changed meanwhile is still to be read
                 # Retry soon, backing off while the database stays away.
                 watch.retry_delay = min(10.0, max(1.0, watch.retry_delay * 2))
-                self._schedule(watch, now + watch.retry_delay)
+                self._schedule.put(watch, now + watch.retry_delay)
             raise
 
     def _apply(
@@ -503,30 +412,27 @@ class Engine:
             watch.existed = True
             if moved:  # before anything is pushed: not a byte of the new state out of scope
                 self._decide_watchers(watch, hold_unknown=True)
-            base = watch.next_due if watch.next_due is not None else now
-            if now - base >= self.grid or base > now:
-                base = now
             watch.read_at = now
             watch.interval = interval
             if interval is None:
                 watch.final = True
                 watch.next_due = None
-                self._finish(watch)
+                self._fanout.finish(watch)
             else:
-                self._schedule(watch, self._on_grid(base + interval))
-                self._push_all(watch)
+                self._schedule.after_read(watch, now, interval)
+                self._fanout.push_all(watch)
 
     def _apply_run(self, watch: Watch, row: Row) -> int | None:
         interval = views.run_interval(row, self.clock.now())
         watch.scope = views.run_scope(row)
-        self._set_state(watch, protocol.encode(views.run_data(row)), interval)
+        set_state(watch, protocol.encode(views.run_data(row)), interval)
         return interval
 
     def _apply_card(self, watch: Watch, row: Row) -> int | None:
         pack = row if row["id"] is not None else None
         interval = views.pack_interval(pack)
         watch.scope = views.tenant_scope(row)
-        self._set_state(watch, protocol.encode(views.pack_data(row["tenant_id"], pack)), interval)
+        set_state(watch, protocol.encode(views.pack_data(row["tenant_id"], pack)), interval)
         return interval
 
     def _apply_wall(self, watch: Watch, rows: list[Row]) -> int | None:
@@ -540,62 +446,6 @@ class Engine:
         watch.interval = interval
         return interval  # a wall never ends
 
-    def _set_state(self, watch: Watch, data_json: str, interval: int | None) -> None:
-        digest = _digest(data_json)
-        if digest != watch.digest or interval != watch.interval:
-            watch.digest = digest
-            watch.frame = protocol.state_frame(watch.name, data_json, interval)
-
-    def _frame_for(self, watch: Watch, user_id: int | None) -> tuple[bytes, str] | None:
-        if watch.channel.kind is not Kind.WALL:
-            if watch.digest is None or watch.frame is None:
-                return None
-            return watch.digest, watch.frame
-        assert user_id is not None, "walls are never granted"
-        cached = watch.wall_frames.get(user_id)
-        if cached is not None:
-            return cached
-        facts = self._current_facts(user_id)
-        if facts is None:
-            return None  # held until its facts are current again
-        visible = [
-            run_json
-            for scope, run_json in watch.wall_runs
-            if access.visible_on_wall(facts, self._capabilities, scope)
-        ]
-        data_json = f'{{"workspace_id":{watch.channel.id},"runs":[{",".join(visible)}]}}'
-        rendered = (_digest(data_json), protocol.state_frame(watch.name, data_json, watch.interval))
-        watch.wall_frames[user_id] = rendered
-        return rendered
-
-    # -- pushing -------------------------------------------------------------------------
-
-    def _push_to(self, watch: Watch, sub: Subscription, rendered: tuple[bytes, str] | None) -> None:
-        if rendered is None or sub.held:
-            return
-        digest, frame = rendered
-        if digest == sub.last_hash:
-            return  # only changes travel
-        sub.last_hash = digest
-        if sub.viewer.outbox.put_state(watch.name, frame):
-            self.stats.states_replaced += 1
-        self.stats.states_pushed[watch.channel.kind] += 1
-
-    def _push_all(self, watch: Watch) -> None:
-        for viewer, sub in watch.subs.items():
-            if sub.accepted and not sub.paused:
-                self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
-
-    def _finish(self, watch: Watch) -> None:
-        """A terminal state: the final state to every viewer (paused ones too), then `end`.
-
-        A held viewer stays until a re-check decides it (see `_recheck_all`).
-        """
-        for viewer, sub in list(watch.subs.items()):
-            if sub.accepted and not sub.held:
-                self._push_to(watch, sub, self._frame_for(watch, viewer.user_id))
-                self._end(watch, viewer, "terminal")
-
     def _missing(self, watch: Watch, issued: float) -> None:
         """Not in the database: `gone` for those who saw it, `not_found` for newcomers.
 
@@ -605,25 +455,11 @@ class Engine:
         """
         for viewer, sub in list(watch.subs.items()):
             if sub.accepted:
-                self._end(watch, viewer, "gone")
+                self._fanout.end(watch, viewer, "gone")
         watch.existed = False
         watch.read_at = issued
         watch.scope = None
         self._drop_if_empty(watch)
-
-    def _end(self, watch: Watch, viewer: Viewer, reason: protocol.EndReason) -> None:
-        viewer.outbox.put(protocol.end_frame(watch.name, reason))
-        self.stats.ends[reason] += 1
-        self._remove(watch, viewer)
-        viewer.subscription_closed(watch.name, ended=True)
-
-    def _refuse(self, watch: Watch, sub: Subscription, code: Decision) -> None:
-        assert code != "allowed"
-        message = "no such channel" if code == "not_found" else "not allowed to watch this"
-        sub.viewer.outbox.put(protocol.error_frame(watch.name, code, message))
-        self.stats.errors[code] += 1
-        self._remove(watch, sub.viewer)
-        sub.viewer.subscription_closed(watch.name, ended=False)
 
     def _remove(self, watch: Watch, viewer: Viewer) -> None:
         sub = watch.subs.pop(viewer, None)
@@ -648,7 +484,7 @@ class Engine:
     # -- access --------------------------------------------------------------------------
 
     def _decide(self, watch: Watch, facts: UserFacts) -> Decision:
-        caps = self._capabilities
+        caps = self._facts.capabilities
         kind = watch.channel.kind
         if not facts.exists:
             return "not_found"
@@ -674,7 +510,7 @@ class Engine:
             if sub.granted:
                 decision: Decision = "allowed" if watch.existed else "not_found"
             else:
-                facts = self._facts_for(sub)
+                facts = self._facts.for_new(sub)
                 if facts is None:
                     still.append(sub)  # its facts are being loaded
                     continue
@@ -684,12 +520,12 @@ class Engine:
                     still.append(sub)  # decided on a read from before it arrived: read again
                     reread = reread or watch.issued_seq <= sub.after_read
                 else:
-                    self._refuse(watch, sub, decision)
+                    self._fanout.refuse(watch, sub, decision)
                 continue
             sub.accepted = True
-            self._push_to(watch, sub, self._frame_for(watch, sub.viewer.user_id))
+            self._fanout.push_to(watch, sub, self._fanout.frame_for(watch, sub.viewer.user_id))
             if watch.final:
-                self._end(watch, sub.viewer, "terminal")
+                self._fanout.end(watch, sub.viewer, "terminal")
         if still:
             self._pending[watch.channel] = still
         else:
@@ -710,9 +546,9 @@ class Engine:
             self._decide_watchers(watch, hold_unknown=False)
             # Walls refiltered, held viewers released: only what differs travels.
             if watch.final:
-                self._finish(watch)
+                self._fanout.finish(watch)
             else:
-                self._push_all(watch)
+                self._fanout.push_all(watch)
 
     def _decide_watchers(self, watch: Watch, *, hold_unknown: bool) -> None:
         """Decide every accepted subscriber on the watch's latest scope, with current facts.
@@ -729,22 +565,15 @@ class Engine:
             user_id = viewer.user_id
             assert user_id is not None
             if user_id not in decisions:
-                facts = self._current_facts(user_id)
+                facts = self._facts.current(user_id)
                 decisions[user_id] = None if facts is None else self._decide(watch, facts)
             decision = decisions[user_id]
             if decision is None:
                 sub.held = sub.held or hold_unknown
             elif decision != "allowed":
-                self._end(watch, viewer, "revoked")
+                self._fanout.end(watch, viewer, "revoked")
             else:
                 sub.held = False
-
-    def _prune_facts(self) -> None:
-        """Forget users who watch nothing, so the cache does not grow without bound."""
-        watching = self._watching_users()
-        for user_id, (_, loaded_at, _) in list(self._facts.items()):
-            if user_id not in watching and not self._fresh_facts(loaded_at):
-                del self._facts[user_id]
 
     def _watching_users(self) -> set[int]:
         """The users whose access decides at least one subscription."""
@@ -753,30 +582,6 @@ class Engine:
             for watch in self.watches.values()
             for user_id in _decided_users(watch.subs.values())
         }
-
-    def _current_facts(self, user_id: int | None) -> UserFacts | None:
-        """A user's facts, unless an access change was notified since they were loaded."""
-        cached = None if user_id is None else self._facts.get(user_id)
-        if cached is None or cached[2] != self._access_epoch:
-            return None
-        return cached[0]
-
-    def _facts_for(self, sub: Subscription) -> UserFacts | None:
-        """Facts fit to decide a new subscription: current, and loaded at most
-        NEW_FACTS_AGE before it arrived (a load issued after it arrived always is)."""
-        cached = self._facts.get(sub.viewer.user_id) if sub.viewer.user_id is not None else None
-        if cached is None or cached[2] != self._access_epoch:
-            return None
-        return cached[0] if cached[1] >= sub.arrived - NEW_FACTS_AGE else None
-
-    def _known_user(self, user_id: int | None) -> bool:
-        cached = None if user_id is None else self._facts.get(user_id)
-        return (
-            cached is not None and cached[2] == self._access_epoch and self._fresh_facts(cached[1])
-        )
-
-    def _fresh_facts(self, loaded_at: float) -> bool:
-        return self.clock.monotonic() - loaded_at < self.recheck_interval
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -787,15 +592,6 @@ class Engine:
         if watch.final:
             return True
         return watch.next_due is not None and watch.next_due > self.clock.monotonic()
-
-    def _on_grid(self, when: float) -> float:
-        """Round up onto a shared grid, so channels due about together are read together."""
-        return math.ceil(when / self.grid - 1e-9) * self.grid
-
-    def _schedule(self, watch: Watch, when: float) -> None:
-        watch.next_due = when
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, watch.channel))
 
     def _sub(self, viewer: Viewer, channel: Channel) -> Subscription | None:
         watch = self.watches.get(channel)
