@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from . import metrics
 from .channels import valid_id
 from .clock import Clock
+from .closing import KeepServerSend
 from .config import Settings
 from .headers import SecurityHeaders
 from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
@@ -26,7 +27,7 @@ from .pusher_socket import pusher_endpoint
 from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
-from .websocket import KeepServerSend, websocket_endpoint
+from .websocket import websocket_endpoint
 
 register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (http_api.py)
 

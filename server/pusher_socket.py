@@ -22,10 +22,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol, pusher
 from .channels import Channel, Kind
+from .closing import abort_connection, close_quietly
 from .outbox import Outbox
 from .pusher import PusherError
 from .pusher_hub import PusherHub
-from .websocket import _abort, close_quietly, send_from_outbox
+from .websocket import send_from_outbox
 
 if TYPE_CHECKING:
     from .service import Service
@@ -368,6 +369,6 @@ async def _serve(websocket: WebSocket, service: Service) -> int | None:
         code = await session.run()
     if session.stalled and code is not None:
         await close_quietly(websocket, code)
-        _abort(websocket)
+        abort_connection(websocket)
         return None
     return code

@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from . import protocol, proxy
 from .clock import Clock
+from .closing import close_quietly
 from .config import Settings
 from .engine import Engine
 from .listener import Listener
@@ -131,8 +132,6 @@ class Service:
                 pool.terminate()
 
     async def close_all(self, code: int) -> None:
-        from .websocket import close_quietly
-
         sessions = list(self.sessions)
         closing = [close_quietly(session.websocket, code) for session in sessions]
         with contextlib.suppress(TimeoutError):

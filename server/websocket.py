@@ -13,12 +13,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol
 from .auth import Identity, InvalidToken, verify_token
 from .channels import Channel, Kind
+from .closing import abort_connection, close_quietly
 from .outbox import Outbox
 from .protocol import ProtocolError
 
@@ -28,22 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("opspush.websocket")
 
 CLOSE_TRY_AGAIN = 1013  # the database did not answer during the handshake
-CLOSE_TIMEOUT = 5.0  # how long a close handshake may take before we give up on the peer
-
-
-SERVER_SEND = "opspush.server_send"
-
-
-class KeepServerSend:
-    """ASGI middleware: keep the server's `send` in the scope before anything wraps it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[SERVER_SEND] = send
-        await self.app(scope, receive, send)
 
 
 class Session:
@@ -218,7 +202,7 @@ async def _serve(websocket: WebSocket, service: Service) -> int | None:
         # Its receive window is shut: the close frame may never leave our buffer, and the
         # connection with it. Try, then reset it rather than hold it open indefinitely.
         await close_quietly(websocket, code)
-        _abort(websocket)
+        abort_connection(websocket)
         return None
     return code
 
@@ -285,33 +269,3 @@ async def send_from_outbox(
             return overflow_code, True
         except WebSocketDisconnect:
             return None, False  # the peer left while a frame was on its way: not an error
-
-
-async def close_quietly(websocket: WebSocket, code: int) -> None:
-    """Close if still open; a peer that is gone or stuck must not hold us up."""
-    if websocket.application_state == WebSocketState.DISCONNECTED:
-        return
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await websocket.close(code=code)
-    except TimeoutError:
-        # A peer that reads nothing can't take even a close frame: drop the connection.
-        _abort(websocket)
-    except Exception:  # the peer left meanwhile: nothing to close
-        pass
-
-
-def _abort(websocket: WebSocket) -> None:
-    """Reset the TCP connection under a WebSocket whose peer has stopped reading.
-
-    ASGI has no "abort"; uvicorn's protocol object (the owner of the server's own `send`,
-    kept in the scope by `KeepServerSend`) holds the transport. Without this, a socket whose
-    write buffer never drains would stay open, buffer and all, for as long as the peer
-    keeps its receive window shut.
-    """
-    protocol_object = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
-    transport = getattr(protocol_object, "transport", None)
-    abort = getattr(transport, "abort", None)
-    if callable(abort):
-        log.info("aborting the connection of a viewer that reads nothing")
-        abort()
