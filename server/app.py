@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import metrics
+from .asgi_socket import KeepServerSend
 from .channels import valid_id
 from .clock import Clock
-from .closing import KeepServerSend
 from .config import Settings
 from .headers import SecurityHeaders
 from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
@@ -27,7 +27,6 @@ from .pusher_socket import pusher_endpoint
 from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
-from .websocket import websocket_endpoint
 
 register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (http_api.py)
 
@@ -115,7 +114,6 @@ def create_app(
         return Response(status_code=204)  # browsers ask; an empty answer beats a logged 404
 
     routes: list[BaseRoute] = [
-        WebSocketRoute("/ws", websocket_endpoint),
         Route("/", page("index.html")),
         Route("/favicon.ico", no_icon),
         Route("/healthz", healthz),

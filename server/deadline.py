@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -42,10 +44,17 @@ class _Deadline:
 
 
 class _HeadDeadline:
-    """The deadline above, for either of uvicorn's HTTP protocols (mixed in before it)."""
+    """The deadline above, for either of uvicorn's HTTP protocols (mixed in before it).
+
+    It also routes upgrades: a path in `websocket_paths` gets its own protocol (`/ws`: see
+    websocket.py) instead of uvicorn's ASGI WebSocket.
+    """
 
     header_timeout = 10.0
+    websocket_paths: dict[str, Callable[..., asyncio.Protocol]] = {}  # noqa: RUF012  # per class
     _deadline: _Deadline
+    url: bytes
+    ws_protocol_class: Any
 
     def connection_made(self, transport: Any) -> None:  # each base names its own type
         super().connection_made(transport)  # type: ignore[misc]
@@ -59,6 +68,15 @@ class _HeadDeadline:
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def handle_websocket_upgrade(self, *event: Any) -> None:
+        self._deadline.cancel()  # the head is complete; and nothing keeps this object alive
+        # h11 passes its request; httptools has parsed only the target so far.
+        target: bytes = event[0].target if event else self.url
+        own = self.websocket_paths.get(unquote(target.partition(b"?")[0].decode("latin-1")))
+        if own is not None:
+            self.ws_protocol_class = own
+        super().handle_websocket_upgrade(*event)  # type: ignore[misc]
 
 
 class H11WithDeadline(_HeadDeadline, H11Protocol):
@@ -77,6 +95,13 @@ else:
     BASE = HttpToolsWithDeadline
 
 
-def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's "auto" choice (httptools, else h11), with the deadline set."""
-    return type(BASE.__name__, (BASE,), {"header_timeout": header_timeout})
+def http_protocol(
+    header_timeout: float,
+    websocket_paths: dict[str, Callable[..., asyncio.Protocol]] | None = None,
+) -> type[asyncio.Protocol]:
+    """uvicorn's "auto" choice (httptools, else h11), with the deadline and the routes set."""
+    return type(
+        BASE.__name__,
+        (BASE,),
+        {"header_timeout": header_timeout, "websocket_paths": dict(websocket_paths or {})},
+    )

@@ -5,28 +5,32 @@ are coalesced per channel (a newer state replaces an older one still waiting, ke
 place in line), so a slow viewer costs at most one pending state per subscription; other
 frames (errors, ends) are few and bounded, and overflowing them marks the viewer as unable
 to keep up.
+
+Whoever sends calls `pop` until it gives None; `wake` tells it that there is something to
+send (a `/ws` connection writes at once, inside the call; the Pusher socket's sender task
+is woken).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 _CLOSE: Final = "close"
 
 
 class Outbox:
-    __slots__ = ("_close_code", "_control", "_items", "_limit", "_seq", "overflowed", "ready")
+    __slots__ = ("_close_code", "_control", "_items", "_limit", "_seq", "_wake", "overflowed")
 
-    def __init__(self, control_limit: int) -> None:
+    def __init__(self, control_limit: int, wake: Callable[[], None] = lambda: None) -> None:
         self._items: OrderedDict[tuple[str, object], str] = OrderedDict()
         self._control = 0  # non-state frames waiting
         self._limit = control_limit
         self._seq = 0
         self._close_code: int | None = None
         self.overflowed = False
-        self.ready = asyncio.Event()
+        self._wake = wake
 
     def __len__(self) -> int:
         return len(self._items)
@@ -36,23 +40,23 @@ class Outbox:
         key = ("state", ch)
         replaced = key in self._items
         self._items[key] = frame
-        self.ready.set()
+        self._wake()
         return replaced
 
     def put(self, frame: str) -> None:
         if self._control >= self._limit:
             self.overflowed = True
-            self.ready.set()
+            self._wake()
             return
         self._seq += 1
         self._control += 1
         self._items[("frame", self._seq)] = frame
-        self.ready.set()
+        self._wake()
 
     def close_after_flush(self, code: int) -> None:
         """Close the socket once everything queued so far is sent."""
         self._close_code = code
-        self.ready.set()
+        self._wake()
 
     def cancel_close(self) -> None:
         self._close_code = None
@@ -64,5 +68,4 @@ class Outbox:
             if key[0] == "frame":
                 self._control -= 1
             return frame
-        self.ready.clear()
         return self._close_code

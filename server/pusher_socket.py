@@ -16,17 +16,17 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol, pusher
+from .asgi_socket import abort_connection, close_quietly, send_from_outbox
 from .channels import Channel, Kind
-from .closing import abort_connection, close_quietly
 from .outbox import Outbox
 from .pusher import PusherError
 from .pusher_hub import PusherHub
-from .websocket import send_from_outbox
 
 if TYPE_CHECKING:
     from .service import Service
@@ -54,8 +54,8 @@ class PusherOutbox(Outbox):
 
     __slots__ = ("confirmed",)
 
-    def __init__(self, control_limit: int) -> None:
-        super().__init__(control_limit)
+    def __init__(self, control_limit: int, wake: Callable[[], None]) -> None:
+        super().__init__(control_limit, wake)
         self.confirmed: set[str] = set()  # engine channel names told subscription_succeeded
 
     def put_state(self, ch: str, frame: str) -> bool:
@@ -78,8 +78,10 @@ class PusherSession:
         self.service = service
         self.socket_id = socket_id
         self.user_id: int | None = None
+        self.ready = asyncio.Event()  # the outbox has something for the sender
         self.frames = PusherOutbox(
-            control_limit=2 * settings.max_subscriptions + settings.rate_burst + HOST_EVENT_BACKLOG
+            2 * settings.max_subscriptions + settings.rate_burst + HOST_EVENT_BACKLOG,
+            wake=self.ready.set,
         )
         self.outbox: Outbox = self.frames  # what the engine sees
         self.own: set[Channel] = set()  # opspush's channels, through the engine
@@ -103,6 +105,9 @@ class PusherSession:
 
     def send(self, frame: str) -> None:
         self.frames.send(frame)
+
+    async def aclose(self, code: int) -> None:
+        await close_quietly(self.websocket, code)
 
     def terminate(self) -> None:
         self.frames.send(pusher.error(pusher.UNAUTHORIZED, "connection terminated by the host"))
@@ -180,7 +185,7 @@ class PusherSession:
     async def _send_loop(self) -> int | None:
         timeout = self.service.settings.send_timeout
         code, self.stalled = await send_from_outbox(
-            self.websocket, self.outbox, timeout, pusher.OVER_CAPACITY
+            self.websocket, self.outbox, self.ready, timeout, pusher.OVER_CAPACITY
         )
         return code
 
@@ -322,7 +327,10 @@ async def pusher_endpoint(websocket: WebSocket) -> None:
     if service.draining or settings.pusher is None:
         await websocket.close(code=protocol.CLOSE_RESTARTING)
         return
-    address = service.client_address(websocket)
+    address = service.client_address(
+        websocket.client.host if websocket.client else None,
+        websocket.headers.getlist("x-forwarded-for"),
+    )
     try:
         await websocket.accept()
     except WebSocketDisconnect:

@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
-from websockets.server import ServerProtocol
 
 from .config import Settings
 from .deadline import http_protocol
+from .websocket import ServerConnection, connection_factory
 
 # Headers whose values are credentials: never logged, at any level.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -73,24 +72,12 @@ def redact_logs() -> None:
             logger.addFilter(RedactSecrets())
 
 
-class _ServerProtocol(ServerProtocol):
-    """The websockets library's server side, except that a close frame in the middle of a
-    fragmented message closes normally (RFC 6455 5.4: control frames may come between the
-    fragments) instead of failing the connection with 1002; the partial message is dropped.
-    Autobahn case 7.1.5."""
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
-            self.current_size = None
-        super().recv_frame(frame)
-
-
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's Sans-I/O WebSocket protocol on `_ServerProtocol`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn.__class__ = _ServerProtocol  # same state, one method more
+        self.conn.__class__ = ServerConnection  # same state, one method more
 
 
 class _InvalidUtf8AtInfo(logging.Filter):
@@ -118,7 +105,11 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         # The websockets library's Sans-I/O core: no task per connection, backpressure on
         # send, pings, and the frame size limit (larger frames close with 1009).
         # A request head that never completes (slowloris) is closed after the hello timeout.
-        http=http_protocol(settings.hello_timeout),
+        # `/ws` is served by websocket.py on the same websockets core, without ASGI.
+        http=http_protocol(
+            settings.hello_timeout,
+            {"/ws": connection_factory(lambda: getattr(app.state, "service", None))},
+        ),
         ws=WebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         # Compression costs ~30 KB per socket and the frames are small: off.

@@ -15,11 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import asyncpg
-from starlette.websockets import WebSocket
 
 from . import protocol, proxy
 from .clock import Clock
-from .closing import close_quietly
 from .config import Settings
 from .engine import Engine
 from .listener import Listener
@@ -31,10 +29,11 @@ from .storage import Storage, create_pool
 class Session(Protocol):
     """An open socket of either endpoint (`/ws`, or `/app/{key}` before any sign-in)."""
 
-    websocket: WebSocket
-
     @property
     def user_id(self) -> int | None: ...
+
+    async def aclose(self, code: int) -> None:
+        """Close with `code`; return once closed, or given up on (a bounded wait)."""
 
 
 log = logging.getLogger("opspush.service")
@@ -132,8 +131,7 @@ class Service:
                 pool.terminate()
 
     async def close_all(self, code: int) -> None:
-        sessions = list(self.sessions)
-        closing = [close_quietly(session.websocket, code) for session in sessions]
+        closing = [session.aclose(code) for session in list(self.sessions)]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.drain_seconds):
                 await asyncio.gather(*closing)
@@ -171,13 +169,9 @@ class Service:
         """A new socket within the admission rate (OPSPUSH_ADMISSION_RATE)?"""
         return self._admission.allow(time.monotonic())
 
-    def client_address(self, websocket: WebSocket) -> str:
+    def client_address(self, peer: str | None, forwarded_for: list[str]) -> str:
         """The address the per-address limit counts: see proxy.py (OPSPUSH_TRUST_PROXY)."""
-        return proxy.client_address(
-            websocket.client.host if websocket.client else None,
-            websocket.headers.getlist("x-forwarded-for"),
-            self.settings.trusted_proxies,
-        )
+        return proxy.client_address(peer, forwarded_for, self.settings.trusted_proxies)
 
     def track_address(self, address: str) -> contextlib.AbstractContextManager[bool]:
         """A place for one more socket from this address, if its limit allows."""

@@ -13,7 +13,9 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from opspush.auth import mint_token
-from tests.conftest import SECRET, RunningServer, Viewer, running_server
+from opspush.clock import ManualClock
+from opspush.websocket import wire_text
+from tests.conftest import SECRET, RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 
 
@@ -286,6 +288,7 @@ async def test_text_not_utf8_closes_1007_logged_at_info(
     database_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A raw socket: no client library would send a text frame that is not UTF-8."""
+    caplog.set_level(logging.INFO, logger="opspush.websocket")  # the /ws connection's
     uvicorn_log = logging.getLogger("uvicorn.error")
     async with running_server(database_dsn, log_level="info") as running:
         # uvicorn's loggers do not reach the root, and its configuration (done by now)
@@ -503,3 +506,33 @@ async def test_reconnect_storm_is_admitted_at_a_bounded_rate(
         finally:
             for viewer in admitted:
                 await viewer.close()
+
+
+async def test_idle_viewers_hold_no_task_and_a_state_is_encoded_once_for_all(
+    manual: RunningServer, clock: ManualClock, db: Factory, viewers: list[Viewer]
+) -> None:
+    """The fan-out's design (websocket.py): no task per idle socket, and a state frame
+    serialized once per channel however many viewers it goes to."""
+    ws = await db.workspace()
+    user = await db.user(ws, "owner")
+    run = await db.run(ws, status="running", summary_counts={"total": 10, "processed": 0})
+
+    def server_tasks() -> int:
+        """Tasks running the server's code (ours, or uvicorn's per-socket ASGI ones)."""
+        files = [t.get_coro().cr_code.co_filename for t in asyncio.all_tasks()]  # type: ignore[union-attr]
+        return sum(1 for f in files if "opspush" in f or "/server/" in f or "uvicorn" in f)
+
+    before = server_tasks()
+    for _ in range(12):
+        viewer = await manual.connect(user)
+        viewers.append(viewer)
+        assert (await viewer.subscribe(f"run:{run}"))["type"] == "state"
+    assert server_tasks() == before
+
+    encoded = wire_text.cache_info().misses
+    await db.update_run(run, summary_counts={"total": 10, "processed": 1})
+    await step(manual, clock, 1.0)
+    for viewer in viewers:
+        state = await viewer.recv()
+        assert state["data"]["summary_counts"]["processed"] == 1
+    assert wire_text.cache_info().misses == encoded + 1  # one encoding for twelve viewers

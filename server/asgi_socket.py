@@ -1,6 +1,7 @@
-"""Closing a socket of either endpoint, and resetting one whose peer stopped reading.
+"""An ASGI WebSocket's sending and closing (the Pusher endpoint; `/ws` is websocket.py).
 
-Shared by `/ws`, `/app/{key}` and the service's drain, so that none of them imports another.
+Draining a viewer's outbox into the socket, closing without being held up by a peer that is
+gone or stuck, and resetting the connection of one that stopped reading.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import asyncio
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .outbox import Outbox
 
 log = logging.getLogger("opspush.websocket")  # the name these lines were always logged under
 
@@ -28,6 +31,39 @@ class KeepServerSend:
         if scope["type"] == "websocket":
             scope[SERVER_SEND] = send
         await self.app(scope, receive, send)
+
+
+async def send_from_outbox(
+    websocket: WebSocket,
+    outbox: Outbox,
+    ready: asyncio.Event,
+    send_timeout: float,
+    overflow_code: int,
+) -> tuple[int | None, bool]:
+    """Drain a viewer's outbox into its socket until a close is due; `ready` is what the
+    outbox's wake-up sets.
+
+    Returns the close code to send (None: the peer left) and whether the peer stopped
+    reading for `send_timeout` (its connection is then reset after the close is tried).
+    """
+    while True:
+        await ready.wait()
+        item = outbox.pop()
+        if item is None:
+            ready.clear()  # drained: the outbox's wake-up sets it again
+            continue
+        if isinstance(item, int):
+            return item, False
+        if outbox.overflowed:
+            return overflow_code, False
+        try:
+            async with asyncio.timeout(send_timeout):
+                await websocket.send_text(item)
+        except TimeoutError:
+            log.info("closing a viewer that read nothing for %.0f s", send_timeout)
+            return overflow_code, True
+        except WebSocketDisconnect:
+            return None, False  # the peer left while a frame was on its way: not an error
 
 
 async def close_quietly(websocket: WebSocket, code: int) -> None:
