@@ -21,9 +21,23 @@ _CLOSE: Final = "close"
 
 
 class Outbox:
-    __slots__ = ("_close_code", "_control", "_items", "_limit", "_seq", "_wake", "overflowed")
+    __slots__ = (
+        "_close_code",
+        "_control",
+        "_direct",
+        "_items",
+        "_limit",
+        "_seq",
+        "_wake",
+        "overflowed",
+    )
 
-    def __init__(self, control_limit: int, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        control_limit: int,
+        wake: Callable[[], None] = lambda: None,
+        direct: Callable[[str], bool] | None = None,
+    ) -> None:
         self._items: OrderedDict[tuple[str, object], str] = OrderedDict()
         self._control = 0  # non-state frames waiting
         self._limit = control_limit
@@ -31,12 +45,16 @@ class Outbox:
         self._close_code: int | None = None
         self.overflowed = False
         self._wake = wake
+        # Sends a state at once when nothing waits before it; False when the socket can't.
+        self._direct = direct
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put_state(self, ch: str, frame: str) -> bool:
         """Queue a state; returns True when it replaced an older one that was never sent."""
+        if not self._items and self._direct is not None and self._direct(frame):
+            return False  # the common case: straight to a socket that keeps up
         key = ("state", ch)
         replaced = key in self._items
         self._items[key] = frame

@@ -78,7 +78,9 @@ class ViewerConnection(asyncio.Protocol):
         self.identity: Identity | None = None
         # Errors and ends are bounded by what the client may ask for; states by subscriptions.
         self.outbox = Outbox(
-            control_limit=2 * settings.max_subscriptions + settings.rate_burst, wake=self._flush
+            2 * settings.max_subscriptions + settings.rate_burst,
+            wake=self._flush,
+            direct=self._send_now,
         )
         self.channels: set[Channel] = set()
         self.limiter = protocol.RateLimiter(
@@ -407,6 +409,13 @@ class ViewerConnection(asyncio.Protocol):
                 self.close(item)
                 return
             transport.write(wire_text(item))
+
+    def _send_now(self, frame: str) -> bool:
+        """A state with nothing queued before it: written now if the socket takes it."""
+        if self._writable and self.identity is not None and self.conn.state is State.OPEN:
+            self.transport.write(wire_text(frame))  # type: ignore[union-attr]
+            return True
+        return False
 
     def _send_pending(self) -> None:
         """Write what the websockets core queued (handshake, pongs, close); an empty chunk
