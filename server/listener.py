@@ -1,8 +1,9 @@
 """LISTEN on one dedicated connection and wake the engine for exactly what changed.
 
 Notifications are hints: the engine's tick stays the source of truth, so a lost one costs
-at most one interval. Bursts are folded into one wake-up per `window`, which the engine
-serves with one batched read per kind. When the connection is lost, the listener comes
+at most one interval. The first notification after a quiet spell wakes the engine at once;
+the rest of a burst is folded into one wake-up per `window`, which the engine serves with
+one batched read per kind. When the connection is lost, the listener comes
 back with backoff and then has every live channel re-read once, because anything may
 have changed while it was away.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable
 
@@ -53,6 +55,7 @@ class Listener:
         self._pending: list[str] = []
         self._overflowed = False
         self._flush: asyncio.TimerHandle | None = None
+        self._last_wake = -math.inf  # loop time of the last wake-up
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -121,8 +124,12 @@ class Listener:
         else:
             self._overflowed = True
         if self._flush is None:
+            # The first notification after a quiet window is read at once (on the next turn
+            # of the loop, with whatever else came in the same network read); later ones
+            # wait for the window's end: at most one wake-up per window, never one per commit.
             loop = asyncio.get_running_loop()
-            self._flush = loop.call_later(self.window, self._wake)
+            wait = max(0.0, self._last_wake + self.window - loop.time())
+            self._flush = loop.call_later(wait, self._wake)
 
     def _on_relay(
         self,
@@ -136,6 +143,7 @@ class Listener:
 
     def _wake(self) -> None:
         self._flush = None
+        self._last_wake = asyncio.get_running_loop().time()
         payloads, self._pending = self._pending, []
         if self._overflowed:
             self._overflowed = False
