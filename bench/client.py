@@ -96,6 +96,7 @@ class WSProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.close_code = 1006
+        self.arrival = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -109,6 +110,8 @@ class WSProtocol(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        # When the bytes arrived: this process parsing other frames first is not the server's.
+        self.arrival = time.time()
         buf = self.buffer
         buf += data
         if not self.upgraded:
@@ -192,13 +195,13 @@ class Viewer:
         run = self.client.slot_run(self.ref)
         return None if run is None else f"run:{run}"
 
-    def observe(self, seq: int | None) -> None:
+    def observe(self, seq: int | None, arrival: float | None = None) -> None:
         if self.segment is None or seq is None:
             return
         if self.segment.seqs and seq <= self.segment.seqs[-1]:
             return  # an unchanged counter (a state for another reason)
         self.segment.seqs.append(seq)
-        self.segment.arrivals.append(time.time())
+        self.segment.arrivals.append(arrival or time.time())
         self.client.stats.states += 1
         if not self.ready.done():
             self.ready.set_result(None)
@@ -210,7 +213,7 @@ class Viewer:
             return
         kind = frame.get("type")
         if kind == "state":
-            self.observe(seq_of(frame["ch"], frame["data"]))
+            self.observe(seq_of(frame["ch"], frame["data"]), proto.arrival)
         elif kind == "end":
             self.ended = True
         elif kind == "error":
@@ -223,7 +226,7 @@ class Viewer:
         assert proto.transport is not None
         if event == "opspush.state":
             assert self.segment is not None
-            self.observe(seq_of(self.segment.ch, json.loads(frame["data"])["data"]))
+            self.observe(seq_of(self.segment.ch, json.loads(frame["data"])["data"]), proto.arrival)
         elif event == "opspush.end":
             # Echo would stay connected and subscribe to the next run; leaving the socket
             # keeps this the same cycle as /ws's close 4000.

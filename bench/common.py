@@ -25,14 +25,14 @@ def raise_fd_limit(wanted: int = 65536) -> int:
 
 
 def pin(cpus: set[int] | None) -> None:
-    """Pin this process (and what it starts later) to these CPUs, where possible."""
-    if not cpus:
-        return
-    available = os.sched_getaffinity(0)
-    chosen = cpus & available
-    if chosen:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, chosen)
+    """Pin this process (and what it starts later) to these CPUs, or to every CPU (None).
+
+    Not intersected with the current affinity: a child inherits its parent's (the harness
+    pins itself to the clients' CPU), and must be able to move away from it.
+    """
+    wanted = cpus or set(range(os.cpu_count() or 1))
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, wanted)
 
 
 def parse_cpus(text: str) -> set[int] | None:

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -45,6 +46,7 @@ from bench.common import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "opspush_bench"
+CLIENT_SOCKETS = 15_000  # at most this many viewers per load client process
 MODES = ("ticks", "notify", "pusher", "poll")
 
 
@@ -231,6 +233,56 @@ def metrics(port: int) -> dict[str, float]:
     return totals
 
 
+class ServerTree:
+    """`opspush serve`: one process, or a supervisor and its workers, measured as a whole."""
+
+    def __init__(self, pid: int, workers: int) -> None:
+        self.root = psutil.Process(pid)
+        self.workers = workers
+
+    def processes(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            return [self.root, *self.root.children(recursive=True)]
+        return [self.root]
+
+    async def wait_workers(self) -> None:
+        """Until every worker is up (the supervisor starts them after it answers)."""
+        deadline = time.monotonic() + 60
+        while self.workers > 1 and len(self.processes()) < self.workers + 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workers did not start")
+            await asyncio.sleep(0.2)
+
+    def rss(self) -> int:
+        total = 0
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.processes())
+
+    def fd_limit(self) -> int | None:
+        with contextlib.suppress(psutil.Error, AttributeError):
+            return int(self.processes()[-1].rlimit(psutil.RLIMIT_NOFILE)[0])
+        return None
+
+
+def workers_for(args: argparse.Namespace, viewers: int) -> int:
+    """`--workers` for this many viewers: the spec's, or more when one process's descriptor
+    limit cannot hold its share (SO_REUSEPORT spreads connections evenly, not exactly)."""
+    chosen = 1
+    for part in args.workers.split(","):
+        if "=" in part:
+            at, count = part.split("=")
+            if viewers >= int(at):
+                chosen = int(count)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_process = int(0.85 * hard) - 100
+    return max(chosen, -(-viewers // per_process))
+
+
 def cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(cpu_by_pid(processes).values())
 
@@ -340,18 +392,33 @@ class Scenario:
         pool = args.poll_pool_size if self.mode == "poll" else args.pool_size
         if pool:
             env["OPSPUSH_POOL_SIZE"] = str(pool)
+        workers = workers_for(args, self.n)
+        # Two or more workers are there to use every core: they are not pinned to one.
+        server_cpus = args.server_cpus if workers == 1 else ""
+        if workers > 1:
+            log(f"  opspush serve --workers {workers}")
         try:
             server = self.spawn(
-                ["-m", "bench.serve", "--cpus", args.server_cpus, "--port", str(self.port)], env
+                [
+                    "-m",
+                    "bench.serve",
+                    "--cpus",
+                    server_cpus,
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                ],
+                env,
             )
             await self.wait_healthy(server)
-            server_ps = psutil.Process(server.pid)
+            server_ps = ServerTree(server.pid, workers)
+            await server_ps.wait_workers()
             await asyncio.sleep(1.0)
-            rss_base = server_ps.memory_info().rss
-            with contextlib.suppress(psutil.Error, AttributeError):
-                fd_limit = server_ps.rlimit(psutil.RLIMIT_NOFILE)[0]
-                if fd_limit < self.n + 100:
-                    log(f"  the server may open only {fd_limit} files: fewer than the sockets")
+            rss_base = server_ps.rss()
+            fd_limit = server_ps.fd_limit()
+            if fd_limit is not None and fd_limit * workers < self.n + 100 * workers:
+                log(f"  the server may open only {fd_limit} files per process: too few")
             writer = self.spawn(
                 [
                     "-m",
@@ -373,7 +440,8 @@ class Scenario:
             if "ready" not in line:
                 raise RuntimeError("the writer did not start")
             clients = []
-            k = max(1, min(args.clients, self.n))
+            # Each client process stays well inside its own descriptor limit.
+            k = max(1, min(max(args.clients, -(-self.n // CLIENT_SOCKETS)), self.n))
             started = time.monotonic()
             for index in range(k):
                 clients.append(
@@ -401,7 +469,7 @@ class Scenario:
             ready = sum(json.loads(r)["ready"] for r in readies if r.strip())
             ramp = time.monotonic() - started
             log(f"  {ready}/{self.n} viewers have their first state after {ramp:.1f} s")
-            rss_loaded = server_ps.memory_info().rss
+            rss_loaded = server_ps.rss()
             await asyncio.sleep(args.warmup)
 
             watched = [psutil.Process(c.pid) for c in clients]
@@ -410,7 +478,7 @@ class Scenario:
             db0 = await db_counts(self.dsn)
             m0 = await asyncio.to_thread(metrics, self.port)
             cpu0 = (
-                cpu_seconds([server_ps]),
+                server_ps.cpu_seconds(),
                 cpu_seconds(watched),
                 cpu_seconds([writer_ps]),
                 cpu_by_pid(pg),
@@ -421,11 +489,11 @@ class Scenario:
             end = time.monotonic() + args.duration
             while time.monotonic() < end:
                 await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
-                rss_samples.append(server_ps.memory_info().rss)
+                rss_samples.append(server_ps.rss())
             t1 = time.time()
             sys1 = psutil.cpu_times()
             cpu1 = (
-                cpu_seconds([server_ps]),
+                server_ps.cpu_seconds(),
                 cpu_seconds(watched),
                 cpu_seconds([writer_ps]),
                 cpu_by_pid(pg),
@@ -473,6 +541,7 @@ class Scenario:
         result = {
             "mode": self.mode,
             "viewers": self.n,
+            "workers": workers,
             "runs": seeded["runs"],
             "users": seeded["users"],
             "ready": ready,
@@ -596,7 +665,9 @@ async def main_async(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--scenarios", default="100,1000,5000,10000,20000", help="viewer counts, comma-separated"
+        "--scenarios",
+        default="100,1000,5000,10000,20000,50000",
+        help="viewer counts, comma-separated",
     )
     parser.add_argument(
         "--modes",
@@ -645,7 +716,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=4,
         help="the writer commits each second's run updates in this many groups",
     )
-    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument(
+        "--workers",
+        default="20000=2",
+        help="opspush serve --workers by size, VIEWERS=N,...: from that many viewers on; more "
+        "when the descriptor limit needs it (one process holds at most ~85%% of it)",
+    )
+    parser.add_argument("--server-cpus", default="0", help="for one worker (more are not pinned)")
     parser.add_argument(
         "--client-cpus", default="1", help="CPUs for clients, writer and embedded PostgreSQL"
     )

@@ -1,6 +1,6 @@
 """Start `opspush serve` for the benchmark: own CPU, enough file descriptors, same code path.
 
-Usage: python -m bench.serve --cpus 0 --port 8765   (settings come from the environment)
+Usage: python -m bench.serve --cpus 0 --port 8765 [--workers N]   (settings: the environment)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cpus", default="0")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     raise_fd_limit()
     pin(parse_cpus(args.cpus))
@@ -42,7 +43,8 @@ def main() -> int:
         _log_gc()
     from opspush.cli import main as opspush
 
-    return opspush(["serve", "--host", "127.0.0.1", "--port", str(args.port)])
+    argv = ["serve", "--host", "127.0.0.1", "--port", str(args.port)]
+    return opspush([*argv, "--workers", str(args.workers)] if args.workers > 1 else argv)
 
 
 if __name__ == "__main__":
