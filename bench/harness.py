@@ -221,7 +221,8 @@ def metrics(port: int) -> dict[str, float]:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as answer:
                 text = answer.read().decode()
             break
-        except OSError:
+        except OSError as error:
+            log(f"  /metrics did not answer: {error!r}")
             continue
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
@@ -279,7 +280,7 @@ def workers_for(args: argparse.Namespace, viewers: int) -> int:
             if viewers >= int(at):
                 chosen = int(count)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    per_process = int(0.85 * hard) - 100
+    per_process = int(0.75 * hard)
     return max(chosen, -(-viewers // per_process))
 
 
@@ -720,7 +721,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers",
         default="20000=2",
         help="opspush serve --workers by size, VIEWERS=N,...: from that many viewers on; more "
-        "when the descriptor limit needs it (one process holds at most ~85%% of it)",
+        "when the descriptor limit needs it (one process holds at most 75%% of it)",
     )
     parser.add_argument("--server-cpus", default="0", help="for one worker (more are not pinned)")
     parser.add_argument(
