@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import re
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +18,9 @@ from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .config import Settings
+from .connection import ServerConnection
 from .deadline import http_protocol
-from .websocket import ServerConnection, connection_factory
+from .websocket import connection_factory
 
 # Headers whose values are credentials: never logged, at any level.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -97,7 +100,13 @@ class _InvalidUtf8AtInfo(logging.Filter):
         return True
 
 
-def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(
+    app: Starlette,
+    settings: Settings,
+    websocket_paths: dict[str, Callable[..., asyncio.Protocol]] | None = None,
+) -> uvicorn.Config:
+    """How `opspush serve` runs the app; `websocket_paths` adds upgrade paths served by
+    protocols of their own beside `/ws` (the conformance suite's echo)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -108,7 +117,10 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         # `/ws` is served by websocket.py on the same websockets core, without ASGI.
         http=http_protocol(
             settings.hello_timeout,
-            {"/ws": connection_factory(lambda: getattr(app.state, "service", None))},
+            {
+                "/ws": connection_factory(lambda: getattr(app.state, "service", None)),
+                **(websocket_paths or {}),
+            },
         ),
         ws=WebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,

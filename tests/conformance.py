@@ -1,8 +1,13 @@
-"""RFC 6455 conformance: the Autobahn test suite's fuzzing client against the stack of `/ws`.
+"""RFC 6455 conformance: the Autobahn test suite's fuzzing client against both WebSocket stacks.
 
 The app is `create_app` with the service's default settings, run by the same uvicorn
-configuration (`uvicorn_config`) as `opspush serve`; the only addition is an echo endpoint at
-`/echo`, mounted by this test-only factory and never by the service. Run by scripts/conformance:
+configuration (`uvicorn_config`) as `opspush serve`; the only additions are two echo
+endpoints, mounted by this test-only code and never by the service:
+
+- `/echo`: an echo on `connection.FrameConnection`, the frame layer that serves `/ws`;
+- `/echo-asgi`: an echo on uvicorn's ASGI WebSocket, the stack of the Pusher endpoint.
+
+Run by scripts/conformance:
 
     python -m tests.conformance --wstest 'python2.7 …/wstest' [--cases 1.* 2.*] [--exclude 9.*]
         [--max-frame-bytes N] [--summary F]
@@ -34,11 +39,32 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from opspush.app import create_app
 from opspush.config import Settings
+from opspush.connection import FrameConnection
 from opspush.runner import uvicorn_config
 from tests.conftest import free_socket
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
+AGENTS = {"opspush-ws": "/echo", "opspush-asgi": "/echo-asgi"}
 OUT_OF_SCOPE = ["12.*", "13.*"]  # permessage-deflate: compression is off
+
+
+class EchoConnection(FrameConnection):
+    """Every message back, on the same frame layer as `/ws`."""
+
+    def received(self, data: bytes, text: str | None) -> None:
+        if text is None:
+            self.send_binary(data)
+        else:
+            self.send_text(text)
+
+
+def echo_connection(settings: Settings) -> Any:
+    def create(config: Any, server_state: Any, app_state: Any) -> EchoConnection:
+        return EchoConnection(
+            server_state, max_size=settings.max_frame_bytes, ping_interval=settings.ping_interval
+        )
+
+    return create
 
 
 async def echo(websocket: WebSocket) -> None:
@@ -57,9 +83,9 @@ async def echo(websocket: WebSocket) -> None:
 
 
 def conformance_app(settings: Settings, dsn: str) -> Starlette:
-    """The service's app plus `/echo` (test-only: the service never mounts it)."""
+    """The service's app plus `/echo-asgi` (test-only: the service never mounts it)."""
     app = create_app(settings, dsn)
-    app.router.routes.insert(0, WebSocketRoute("/echo", echo))
+    app.router.routes.insert(0, WebSocketRoute("/echo-asgi", echo))
     return app
 
 
@@ -86,7 +112,10 @@ async def serving(dsn: str, max_frame_bytes: int) -> AsyncIterator[int]:
         secret="conformance-" + "x" * 32, log_level="warning", max_frame_bytes=max_frame_bytes
     )
     sock = free_socket()
-    server = uvicorn.Server(uvicorn_config(conformance_app(settings, dsn), settings))
+    config = uvicorn_config(
+        conformance_app(settings, dsn), settings, {"/echo": echo_connection(settings)}
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(30):
@@ -106,7 +135,10 @@ async def fuzz(
 ) -> dict[str, Any]:
     spec = {
         "outdir": str(outdir),
-        "servers": [{"agent": "opspush", "url": f"ws://127.0.0.1:{port}/echo"}],
+        "servers": [
+            {"agent": agent, "url": f"ws://127.0.0.1:{port}{path}"}
+            for agent, path in AGENTS.items()
+        ],
         "cases": cases,
         "exclude-cases": OUT_OF_SCOPE + exclude,
         "exclude-agent-cases": {},
@@ -119,16 +151,23 @@ async def fuzz(
     )  # fmt: skip
     if await process.wait() != 0:
         raise SystemExit(f"wstest exited with {process.returncode}")
-    results: dict[str, Any] = json.loads((outdir / "index.json").read_text())["opspush"]
-    return results
+    index = json.loads((outdir / "index.json").read_text())
+    return {agent: index.get(agent, {}) for agent in AGENTS}
 
 
 def _case_key(case: str) -> tuple[int, ...]:
     return tuple(int(part) for part in case.split("."))
 
 
-def summary(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """The report's summary as Markdown: counts by section and behaviour, and every case
+def summary(by_agent: dict[str, Any], args: argparse.Namespace) -> str:
+    return "\n\n".join(
+        f"### `{AGENTS[agent]}` ({agent})\n\n{agent_summary(results, args)}"
+        for agent, results in by_agent.items()
+    )
+
+
+def agent_summary(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """One agent's summary as Markdown: counts by section and behaviour, and every case
     that is not plain OK."""
     by_section: dict[str, Counter[str]] = {}
     for case, result in results.items():
@@ -179,18 +218,23 @@ def main() -> int:
     args = parser.parse_args()
     outdir = Path(args.reports or tempfile.mkdtemp(prefix="opspush-autobahn-"))
     outdir.mkdir(parents=True, exist_ok=True)
-    results = asyncio.run(collect(args, outdir))
-    text = summary(results, args)
+    by_agent = asyncio.run(collect(args, outdir))
+    text = summary(by_agent, args)
     print(text)
     if args.summary:
         Path(args.summary).write_text(text + "\n")
-    failed = [case for case, r in results.items() if r["behavior"] not in PASSING]
-    failed += [case for case, r in results.items() if r["behaviorClose"] not in PASSING]
-    if not results or failed:
-        print(f"conformance: FAILED {sorted(set(failed), key=_case_key)}", file=sys.stderr)
-        return 1
-    print(f"conformance: {len(results)} cases, all OK, NON-STRICT or INFORMATIONAL")
-    return 0
+    status = 0
+    for agent, results in by_agent.items():
+        failed = [case for case, r in results.items() if r["behavior"] not in PASSING]
+        failed += [case for case, r in results.items() if r["behaviorClose"] not in PASSING]
+        if not results or failed:
+            print(f"conformance: {agent} FAILED {sorted(set(failed), key=_case_key)}")
+            status = 1
+        else:
+            print(
+                f"conformance: {agent}: {len(results)} cases, all OK, NON-STRICT or INFORMATIONAL"
+            )
+    return status
 
 
 if __name__ == "__main__":

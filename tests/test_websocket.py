@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from opspush.auth import mint_token
 from opspush.clock import ManualClock
-from opspush.websocket import wire_text
+from opspush.connection import wire_text
 from tests.conftest import SECRET, RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 
