@@ -35,18 +35,22 @@ def _ms(value: float | None) -> str:
     return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
+def _server(workers: int) -> str:
+    return "1 process" if workers == 1 else f"{workers} workers"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| viewers | runs | mode | DB stmt/s | server CPU (cores) | server RSS (MB) "
+        "| viewers | runs | mode | server | DB stmt/s | server CPU (cores) | server RSS (MB) "
         "| KB/socket | p50 | p95 | p99 | states pushed/s | replaced/s | HTTP req/s (of offered) "
         "| client CPU (cores) | PostgreSQL CPU |\n"
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
         if "failed" in r:
             rows.append(
-                f"| {r['viewers']:,} | | {MODE_NAMES[r['mode']]} | failed: {r['failed']} "
+                f"| {r['viewers']:,} | | {MODE_NAMES[r['mode']]} | | failed: {r['failed']} "
                 "| | | | | | | | | | | |"
             )
             continue
@@ -59,7 +63,8 @@ def table(results: list[dict[str, Any]]) -> str:
         offered = r.get("http_offered_per_s") if poll else None
         rows.append(
             f"| {r['viewers']:,} | {r['runs']:,} | {MODE_NAMES[r['mode']]} "
-            f"| {_f(r['db_statements_per_s'])} | {_f(r['server_cpu'], 2)} "
+            f"| {_server(r.get('workers', 1))} | {_f(r['db_statements_per_s'])} "
+            f"| {_f(r['server_cpu'], 2)} "
             f"| {_f(r['server_rss_mb'], 0)} | {_f(r['kb_per_socket'])} "
             f"| {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} "
             f"| {'–' if poll else pushed} "
@@ -172,7 +177,9 @@ def write(out: Path, *, plots: bool = True) -> None:
         "# opspush benchmark: push against polling\n",
         f"Run {data['started'][:19]} UTC on {m['cpu']}, {m['cores']} cores, "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}. "
-        f"Server pinned to CPU {a['server_cpus'] or 'any'}; clients, writer and PostgreSQL "
+        f"Server pinned to CPU {a['server_cpus'] or 'any'} (one process; `--workers` are not "
+        f"pinned: `{a.get('workers', '')}`, more where one process's open-file limit could not "
+        f"hold its share); clients, writer and PostgreSQL "
         f"to CPU {a['client_cpus'] or 'any'}. {a['duration']:.0f} s measured per scenario "
         f"after {a['warmup']:.0f} s warm-up; runs = viewers / {a['viewers_per_run']}; "
         f"{a['pack_share']:.0%} of viewers on review pack cards.\n",
