@@ -31,10 +31,7 @@ from bench.common import (
     PUSHER_KEY,
     PUSHER_SECRET,
     SECRET,
-    parse_cpus,
-    pin,
-    raise_fd_limit,
-    use_uvloop,
+    run_process,
 )
 
 ZERO_MASK = b"\x00\x00\x00\x00"  # a legal mask key; masking with it leaves the payload as is
@@ -507,10 +504,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--cpus", default="")
     args = parser.parse_args()
-    raise_fd_limit()
-    pin(parse_cpus(args.cpus))
-    use_uvloop()
-    asyncio.run(main_async(args))
+    run_process(main_async(args), args.cpus)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
+from collections.abc import Coroutine
+from typing import Any
 
 WRITER_MARK = "/* bench-writer */"  # ends every writer statement, so they can be excluded
 SECRET = "opspush-bench-secret-0123456789abcdef0123"
@@ -47,3 +50,12 @@ def use_uvloop() -> None:
         import uvloop
 
         uvloop.install()
+
+
+def run_process(main: Coroutine[Any, Any, Any], cpus: str) -> None:
+    """A load or server process of the bench: every descriptor allowed, its CPUs, uvloop (the
+    loop uvicorn picks for opspush), then `main`."""
+    raise_fd_limit()
+    pin(parse_cpus(cpus))
+    use_uvloop()
+    asyncio.run(main)

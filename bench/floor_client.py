@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from bench.client import WSProtocol
-from bench.common import SECRET, parse_cpus, pin, raise_fd_limit, use_uvloop
+from bench.common import SECRET, run_process
 
 
 class Counter:
@@ -91,10 +91,7 @@ def main() -> None:
     parser.add_argument("--cpus", default="1")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     args: Any = parser.parse_args()
-    raise_fd_limit()
-    pin(parse_cpus(args.cpus))
-    use_uvloop()
-    asyncio.run(main_async(args))
+    run_process(main_async(args), args.cpus)
 
 
 if __name__ == "__main__":

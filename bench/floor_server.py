@@ -18,7 +18,7 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.common import parse_cpus, pin, raise_fd_limit, use_uvloop
+from bench.common import run_process
 
 
 async def main_async(port: int, template: str) -> None:
@@ -73,10 +73,7 @@ def main() -> int:
     parser.add_argument("--frame", required=True, help="a file holding the frame template")
     parser.add_argument("--cpus", default="0")
     args = parser.parse_args()
-    raise_fd_limit()
-    pin(parse_cpus(args.cpus))
-    use_uvloop()  # the loop uvicorn picks for opspush
-    asyncio.run(main_async(args.port, Path(args.frame).read_text()))
+    run_process(main_async(args.port, Path(args.frame).read_text()), args.cpus)
     return 0
 
 
