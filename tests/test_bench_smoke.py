@@ -59,5 +59,5 @@ def test_the_report_renders_a_table_and_ratios(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(data))
     report.write(tmp_path, plots=False)
     text = (tmp_path / "results.md").read_text()
-    assert "| 100 | 10 | push, ticks only | 2.0 |" in text
+    assert "| 100 | 10 | push, ticks only | 1 process | 2.0 |" in text
     assert "15.0×" in text  # polling: 30 statements/s against push's 2

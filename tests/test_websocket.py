@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 import websockets
 from websockets.exceptions import InvalidStatus
 
+import opspush
 from opspush.auth import mint_token
 from opspush.clock import ManualClock
 from opspush.connection import wire_text
@@ -517,10 +520,12 @@ async def test_idle_viewers_hold_no_task_and_a_state_is_encoded_once_for_all(
     user = await db.user(ws, "owner")
     run = await db.run(ws, status="running", summary_counts={"total": 10, "processed": 0})
 
+    # The server's code: ours, and uvicorn's (which ran a task per ASGI socket).
+    server_code = (os.path.dirname(opspush.__file__), os.path.dirname(uvicorn.__file__))
+
     def server_tasks() -> int:
-        """Tasks running the server's code (ours, or uvicorn's per-socket ASGI ones)."""
         files = [t.get_coro().cr_code.co_filename for t in asyncio.all_tasks()]  # type: ignore[union-attr]
-        return sum(1 for f in files if "opspush" in f or "/server/" in f or "uvicorn" in f)
+        return sum(1 for f in files if f.startswith(server_code))
 
     before = server_tasks()
     for _ in range(12):
