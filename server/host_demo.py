@@ -23,7 +23,7 @@ import asyncpg
 
 from . import attach
 from .mapping import DOMAIN, load, quote
-from .migrations import with_database
+from .migrations import new_database
 
 log = logging.getLogger("opspush.host_demo")
 
@@ -61,14 +61,7 @@ def as_role(dsn: str, role: str, password: str) -> str:
 
 async def create_host(admin_dsn: str, name: str, *, replace: bool = True) -> str:
     """A fresh console database, created as its migrations would; returns its URL."""
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        if replace:
-            await admin.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {quote(name)}")
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, name)
+    dsn = await new_database(admin_dsn, name, replace=replace)
     db = await asyncpg.connect(dsn)
     try:
         await db.execute(SCHEMA.read_text())

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from .mapping import quote
 from .resources import sql_dir
 
 _LOCK_KEY = 0x6F70737075736821  # any constant shared by all opspush processes
@@ -74,20 +75,25 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
+async def new_database(admin_dsn: str, name: str, *, replace: bool) -> str:
+    """An empty database beside `admin_dsn`'s (dropped first when `replace`); its URL."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if replace:
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {quote(name)}")
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
 async def create_database(admin_dsn: str, name: str, *, replace: bool = False) -> str:
     """Create a database beside `admin_dsn`'s, migrate it, and return its URL (tests, bench).
 
     `pg_stat_statements` is enabled in it where the server preloads the module, so that the
     database's own statement counts can be read there.
     """
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        if replace:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, name)
+    dsn = await new_database(admin_dsn, name, replace=replace)
     await migrate(dsn)
     connection = await asyncpg.connect(dsn)
     try:
