@@ -78,25 +78,12 @@ class Fanout:
         self.stats.states_pushed[watch.channel.kind] += 1
 
     def push_all(self, watch: Watch) -> None:
-        if watch.channel.kind is Kind.WALL:
-            for viewer, sub in watch.subs.items():
-                if sub.accepted and not sub.paused:
-                    self.push_to(watch, sub, self.frame_for(watch, viewer.user_id))
-            return
-        # One frame for everyone: the hot path of a fan-out, kept free of per-viewer lookups.
-        rendered = self.frame_for(watch, None)
-        if rendered is None:
-            return
-        digest, frame = rendered
-        name = watch.name
-        pushed = replaced = 0
-        for sub in watch.subs.values():
-            if sub.accepted and not sub.paused and not sub.held and sub.last_hash != digest:
-                sub.last_hash = digest
-                pushed += 1
-                replaced += sub.viewer.outbox.put_state(name, frame)
-        self.stats.states_pushed[watch.channel.kind] += pushed
-        self.stats.states_replaced += replaced
+        # A run or a card is one frame for everyone: looked up once, not once per viewer.
+        wall = watch.channel.kind is Kind.WALL
+        shared = None if wall else self.frame_for(watch, None)
+        for viewer, sub in watch.subs.items():
+            if sub.accepted and not sub.paused:
+                self.push_to(watch, sub, self.frame_for(watch, viewer.user_id) if wall else shared)
 
     def finish(self, watch: Watch) -> None:
         """A terminal state: the final state to every viewer (paused ones too), then `end`.
