@@ -12,11 +12,10 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .connection import CLOSE_TIMEOUT
 from .outbox import Outbox
 
 log = logging.getLogger("opspush.websocket")  # the name these lines were always logged under
-
-CLOSE_TIMEOUT = 5.0  # how long a close handshake may take before we give up on the peer
 
 SERVER_SEND = "opspush.server_send"
 
