@@ -47,6 +47,11 @@ class Settings:
     max_subscriptions: int = 100
     rate_per_second: float = 20.0
     rate_burst: int = 100
+    # Frames of any kind (control and continuation too) per socket, before messages are
+    # even counted: what one peer can make the frame layer do. 0: off (the conformance run).
+    frame_rate: float = 100.0
+    frame_burst: int = 500
+    max_fragments: int = 128  # frames of one fragmented message; more closes with 1009
     # A wall display and a few tabs on two devices; an office behind one NAT (README). 0: off.
     max_connections_per_user: int = 20
     max_connections_per_address: int = 500
@@ -112,6 +117,9 @@ class Settings:
             ),
             rate_per_second=_float(env, "OPSPUSH_RATE_LIMIT", defaults.rate_per_second, 0),
             rate_burst=_int(env, "OPSPUSH_RATE_BURST", defaults.rate_burst, 1, 1_000_000),
+            frame_rate=_float(env, "OPSPUSH_FRAME_RATE", defaults.frame_rate, 0),
+            frame_burst=_int(env, "OPSPUSH_FRAME_BURST", defaults.frame_burst, 1, 10_000_000),
+            max_fragments=_int(env, "OPSPUSH_MAX_FRAGMENTS", defaults.max_fragments, 2, 10_000_000),
             max_connections_per_user=_int(
                 env,
                 "OPSPUSH_MAX_CONNECTIONS_PER_USER",

@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, cast
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, cast
 
+from websockets.exceptions import ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -28,6 +32,25 @@ log = logging.getLogger("opspush.websocket")
 CLOSE_TIMEOUT = 5.0  # how long a close handshake may take before the connection is dropped
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL = 1011
+CLOSE_TOO_BIG = 1009
+
+
+LINGER_SECONDS = 1.0  # between our FIN and closing the socket, unless the peer's comes first
+
+
+def end_stream(transport: Any, *, read: bool) -> asyncio.TimerHandle | None:
+    """Close our side of a connection: a FIN now, the socket a moment later (or at the
+    peer's FIN, when `read`). Closing a socket while the peer still sends resets it at once,
+    and the reset can overtake what we wrote last (a close frame, a 431). A peer that broke
+    the rules is not read any more (`read` False): what it sends meanwhile stays in the
+    kernel's buffer, costing us nothing."""
+    if not transport.can_write_eof():
+        transport.close()
+        return None
+    transport.write_eof()
+    if not read:
+        transport.pause_reading()
+    return asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
 
 @functools.lru_cache(maxsize=64)
@@ -36,26 +59,110 @@ def wire_text(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
 
 
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """What one peer may make the frame layer do, whatever frames it sends.
+
+    Every frame counts against the bucket (`rate` per second, bursts of `burst`; rate 0:
+    off), control and continuation frames included: a flood of empty frames costs the
+    parser as much as a flood of messages. A peer past any limit is failed at once: its
+    close frame goes out, the TCP connection closes, and nothing more of what it sent is
+    parsed, so one read of its bytes does bounded work and the loop serves everyone else.
+    """
+
+    rate: float
+    burst: int
+    max_fragments: int  # frames of one fragmented message (its bytes are max_size's)
+    flood_code: int  # the close code for a flood (the endpoint's "too many")
+    # Pings answered while the peer reads none of our writes (the transport is paused):
+    # their pongs would queue without end.
+    max_unread_pings: int = 16
+
+
+class FrameFlood(ProtocolError):
+    """A peer went past its FrameLimits; the connection is failed."""
+
+
 class ServerConnection(ServerProtocol):
-    """The websockets library's server side, except that a close frame in the middle of a
-    fragmented message closes normally (RFC 6455 5.4: control frames may come between the
-    fragments) instead of failing the connection with 1002; the partial message is dropped.
-    Autobahn case 7.1.5."""
+    """The websockets library's server side, with FrameLimits (both WebSocket stacks use
+    it: `FrameConnection` below and uvicorn's, see runner.py), and one change: a close frame
+    in the middle of a fragmented message closes normally (RFC 6455 5.4: control frames may
+    come between the fragments) instead of failing the connection with 1002; the partial
+    message is dropped. Autobahn case 7.1.5."""
+
+    # Called after each frame is parsed, before the next: what a frame makes the app do
+    # (answer, refuse, close) happens in order, before the limits judge the frames after it.
+    on_frame: Callable[[], None] | None = None
+    _limits: FrameLimits | None = None  # unset: no limits (set by `limit`)
+    _write_paused: Callable[[], bool]
+    _tokens: float
+    _refilled: float
+    _fragments: int
+    _unread_pings: int
+
+    def limit(self, limits: FrameLimits, write_paused: Callable[[], bool]) -> None:
+        """Apply `limits`; `write_paused` tells whether the transport stopped taking our
+        writes (the peer reads nothing)."""
+        self._limits = limits
+        self._write_paused = write_paused
+        self._tokens = float(limits.burst)
+        self._refilled = time.monotonic()
+        self._fragments = 0
+        self._unread_pings = 0
 
     def recv_frame(self, frame: Frame) -> None:
+        limits = self._limits
+        if limits is not None:
+            self._count(frame, limits)
         if frame.opcode is Opcode.CLOSE:
             self.current_size = None
         super().recv_frame(frame)
+        if self.on_frame is not None:
+            self.on_frame()
+
+    def _count(self, frame: Frame, limits: FrameLimits) -> None:
+        if limits.rate > 0:
+            now = time.monotonic()
+            self._tokens = min(limits.burst, self._tokens + (now - self._refilled) * limits.rate)
+            self._refilled = now
+            if self._tokens < 1.0:
+                self._fail(limits.flood_code, "too many frames")
+            self._tokens -= 1.0
+        opcode = frame.opcode
+        if opcode is Opcode.CONT:
+            self._fragments += 1  # the message's frames so far: the first and these
+            if 1 + self._fragments >= limits.max_fragments and not frame.fin:
+                self._fail(CLOSE_TOO_BIG, "too many fragments")
+        elif opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._fragments = 0
+        elif opcode is Opcode.PING:
+            if not self._write_paused():
+                self._unread_pings = 0
+            elif self._unread_pings >= limits.max_unread_pings:
+                self._fail(limits.flood_code, "pings while reading none of the pongs")
+            else:
+                self._unread_pings += 1
+
+    def _fail(self, code: int, reason: str) -> NoReturn:
+        """Fail the connection with `code` and stop the parser: raising out of recv_frame
+        ends `parse()` (which then keeps our close frame, already sent) and the rest of the
+        peer's bytes are discarded unread."""
+        self.fail(code, reason)
+        raise FrameFlood(reason)
 
 
 class FrameConnection(asyncio.Protocol):
     """One upgraded socket: the frame layer, with hooks for what the messages mean."""
 
-    def __init__(self, server_state: Any, *, max_size: int, ping_interval: float) -> None:
+    def __init__(
+        self, server_state: Any, *, max_size: int, ping_interval: float, limits: FrameLimits
+    ) -> None:
         self._server_state = server_state
         self._default_headers: list[tuple[bytes, bytes]] = server_state.default_headers
         self._ping_interval = ping_interval
         self.conn = ServerConnection(max_size=max_size)
+        self.conn.limit(limits, lambda: not self.writable)
+        self.conn.on_frame = self.take_events
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.writable = True  # the transport takes more (flow control)
@@ -63,6 +170,7 @@ class FrameConnection(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._fragments_text = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._ping: asyncio.TimerHandle | None = None
         self._awaiting_pong = False
         self._closed: asyncio.Future[None] | None = None
@@ -112,8 +220,10 @@ class FrameConnection(asyncio.Protocol):
         for data in self.conn.data_to_send():
             if data:
                 transport.write(data)
-            else:
-                transport.close()
+            elif self._linger is None:
+                # Read on only for the peer's FIN after its close frame: a peer we failed
+                # (a flood, a broken frame) is not read any more.
+                self._linger = end_stream(transport, read=self.conn.close_rcvd is not None)
 
     def close(self, code: int) -> None:
         """Start the closing handshake; the connection is dropped if it does not finish."""
@@ -172,7 +282,7 @@ class FrameConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
         self._server_state.connections.discard(self)
-        for handle in (self._close_timer, self._ping):
+        for handle in (self._close_timer, self._ping, self._linger):
             if handle is not None:
                 handle.cancel()
         self._close_timer = self._ping = None

@@ -39,6 +39,12 @@ def client_address(
     return str(believed)
 
 
+def trusted_peer(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """Whether the peer is one of our proxies (its connections carry many clients)."""
+    address = None if peer is None else _parse(peer)
+    return address is not None and _trusted(address, trusted)
+
+
 def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped

@@ -11,15 +11,17 @@ import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .config import Settings
-from .connection import ServerConnection
-from .deadline import http_protocol
+from .connection import CLOSE_TIMEOUT, FrameLimits, ServerConnection, end_stream
+from .deadline import BASE as HTTP_BASE
+from .deadline import MAX_HEAD_BYTES, http_protocol
+from .pusher import OVER_CAPACITY
 from .websocket import connection_factory
 
 # Headers whose values are credentials: never logged, at any level.
@@ -76,11 +78,42 @@ def redact_logs() -> None:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's Sans-I/O WebSocket protocol on `_ServerProtocol`."""
+    """uvicorn's Sans-I/O WebSocket protocol (the Pusher endpoint) on our
+    `ServerConnection`: the same frame limits as `/ws`."""
+
+    limits: FrameLimits  # set per server by `websocket_protocol`
+    failed = False  # the parser failed the connection (handle_parser_exception ran)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn.__class__ = ServerConnection  # same state, one method more
+        self.conn.__class__ = ServerConnection  # same state, the limits on top
+        cast(ServerConnection, self.conn).limit(self.limits, lambda: not self.writable.is_set())
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, but with a lingering close (`end_stream`): a flooder's close frame is
+        not lost to a reset; and a peer that reads nothing is reset after CLOSE_TIMEOUT."""
+        if self.failed:
+            return  # data that came after the failure (the FIN is out; reading stops)
+        self.failed = True
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code,
+                               "reason": close.reason})  # fmt: skip
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        end_stream(self.transport, read=False)
+        self.loop.call_later(CLOSE_TIMEOUT, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
+
+
+def websocket_protocol(settings: Settings) -> type[WebSocketProtocol]:
+    limits = FrameLimits(
+        settings.frame_rate, settings.frame_burst, settings.max_fragments, OVER_CAPACITY
+    )
+    return type("WebSocketProtocol", (WebSocketProtocol,), {"limits": limits})
 
 
 class _InvalidUtf8AtInfo(logging.Filter):
@@ -104,16 +137,20 @@ def uvicorn_config(
     app: Starlette,
     settings: Settings,
     websocket_paths: dict[str, Callable[..., asyncio.Protocol]] | None = None,
+    *,
+    http_base: type[asyncio.Protocol] | None = None,
 ) -> uvicorn.Config:
     """How `opspush serve` runs the app; `websocket_paths` adds upgrade paths served by
-    protocols of their own beside `/ws` (the conformance suite's echo)."""
+    protocols of their own beside `/ws` (the conformance suite's echo); `http_base` picks
+    an HTTP parser other than uvicorn's "auto" choice (the tests run both)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         # The websockets library's Sans-I/O core: no task per connection, backpressure on
         # send, pings, and the frame size limit (larger frames close with 1009).
-        # A request head that never completes (slowloris) is closed after the hello timeout.
+        # A request that never completes (slowloris), a head past 32 KiB, or too many HTTP
+        # connections from one address are closed (deadline.py).
         # `/ws` is served by websocket.py on the same websockets core, without ASGI.
         http=http_protocol(
             settings.hello_timeout,
@@ -121,8 +158,14 @@ def uvicorn_config(
                 "/ws": connection_factory(lambda: getattr(app.state, "service", None)),
                 **(websocket_paths or {}),
             },
+            max_per_address=settings.max_connections_per_address,
+            trusted_proxies=settings.trusted_proxies,
+            base=http_base or HTTP_BASE,
         ),
-        ws=WebSocketProtocol,
+        # h11's own cap (16 KiB by default) would answer 400 and reset the connection
+        # before ours answers 431.
+        h11_max_incomplete_event_size=2 * MAX_HEAD_BYTES,
+        ws=websocket_protocol(settings),
         ws_max_size=settings.max_frame_bytes,
         # Compression costs ~30 KB per socket and the frames are small: off.
         ws_per_message_deflate=False,

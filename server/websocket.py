@@ -27,9 +27,9 @@ from websockets.http11 import Request
 from . import protocol
 from .auth import Identity, InvalidToken, verify_token
 from .channels import Channel, Kind
-from .connection import FrameConnection, wire_text
+from .connection import FrameConnection, FrameLimits, wire_text
 from .outbox import Outbox
-from .protocol import ProtocolError
+from .protocol import CLOSE_TOO_MANY, ProtocolError
 
 if TYPE_CHECKING:
     from .service import Service
@@ -44,8 +44,14 @@ class ViewerConnection(FrameConnection):
 
     def __init__(self, server_state: Any, *, service: Service) -> None:
         settings = service.settings
+        limits = FrameLimits(
+            settings.frame_rate, settings.frame_burst, settings.max_fragments, CLOSE_TOO_MANY
+        )
         super().__init__(
-            server_state, max_size=settings.max_frame_bytes, ping_interval=settings.ping_interval
+            server_state,
+            max_size=settings.max_frame_bytes,
+            ping_interval=settings.ping_interval,
+            limits=limits,
         )
         self.service = service
         self.settings = settings

@@ -29,6 +29,7 @@ import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from opspush.app import create_app
 from opspush.config import Settings
-from opspush.connection import FrameConnection
+from opspush.connection import FrameConnection, FrameLimits
 from opspush.runner import uvicorn_config
 from tests.conftest import free_socket
 
@@ -61,7 +62,12 @@ class EchoConnection(FrameConnection):
 def echo_connection(settings: Settings) -> Any:
     def create(config: Any, server_state: Any, app_state: Any) -> EchoConnection:
         return EchoConnection(
-            server_state, max_size=settings.max_frame_bytes, ping_interval=settings.ping_interval
+            server_state,
+            max_size=settings.max_frame_bytes,
+            ping_interval=settings.ping_interval,
+            limits=FrameLimits(
+                settings.frame_rate, settings.frame_burst, settings.max_fragments, 4429
+            ),
         )
 
     return create
@@ -107,10 +113,16 @@ async def database() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serving(dsn: str, max_frame_bytes: int) -> AsyncIterator[int]:
+async def serving(dsn: str, args: argparse.Namespace) -> AsyncIterator[int]:
     settings = Settings(
-        secret="conformance-" + "x" * 32, log_level="warning", max_frame_bytes=max_frame_bytes
+        secret="conformance-" + "x" * 32,
+        log_level="warning",
+        max_frame_bytes=args.max_frame_bytes,
     )
+    if args.no_frame_limits:
+        # 9.* sends 1,000 messages back to back and messages of 65,536 fragments: past
+        # the per-socket frame limits, which are policy, not protocol.
+        settings = replace(settings, frame_rate=0, max_fragments=10_000_000)
     sock = free_socket()
     config = uvicorn_config(
         conformance_app(settings, dsn), settings, {"/echo": echo_connection(settings)}
@@ -192,7 +204,8 @@ def agent_summary(results: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(
         [
             f"Cases {' '.join(args.cases)}, excluded {' '.join(OUT_OF_SCOPE + args.exclude)}; "
-            f"frames up to {args.max_frame_bytes} bytes.",
+            f"frames up to {args.max_frame_bytes} bytes"
+            + ("; frame rate and fragment limits lifted." if args.no_frame_limits else "."),
             "",
             *lines,
             "",
@@ -203,7 +216,7 @@ def agent_summary(results: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 async def collect(args: argparse.Namespace, outdir: Path) -> dict[str, Any]:
-    async with database() as dsn, serving(dsn, args.max_frame_bytes) as port:
+    async with database() as dsn, serving(dsn, args) as port:
         return await fuzz(shlex.split(args.wstest), port, args.cases, args.exclude, outdir)
 
 
@@ -213,6 +226,11 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=["*"])
     parser.add_argument("--exclude", nargs="*", default=[])
     parser.add_argument("--max-frame-bytes", type=int, default=Settings(secret="").max_frame_bytes)
+    parser.add_argument(
+        "--no-frame-limits",
+        action="store_true",
+        help="lift the frame rate and fragment limits (OPSPUSH_FRAME_RATE=0)",
+    )
     parser.add_argument("--summary", help="write the Markdown summary to this file")
     parser.add_argument("--reports", help="keep the HTML/JSON reports in this folder")
     args = parser.parse_args()

@@ -178,13 +178,19 @@ class Viewer:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    dsn: str, *, clock: Clock | None = None, port: int = 0, **overrides: Any
+    dsn: str,
+    *,
+    clock: Clock | None = None,
+    port: int = 0,
+    http_base: type[asyncio.Protocol] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
-    """A real uvicorn server in this process; `port` 0 picks a free one."""
+    """A real uvicorn server in this process; `port` 0 picks a free one; `http_base`, an
+    HTTP parser other than uvicorn's "auto" choice (deadline.py)."""
     settings = test_settings(**overrides)
     app = create_app(settings, dsn, clock=clock)
     sock = free_socket(port)
-    config = uvicorn_config(app, settings)
+    config = uvicorn_config(app, settings, http_base=http_base)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import time
@@ -20,9 +21,10 @@ from tests.factories import Factory
 
 @asynccontextmanager
 async def opspush_process(
-    dsn: str, **env: str
+    dsn: str, *, open_files: int | None = None, **env: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`opspush serve` in its own process, on a free port, started and (at exit) stopped."""
+    """`opspush serve` in its own process, on a free port, started and (at exit) stopped;
+    `open_files`, its soft and hard open-file limit."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -32,6 +34,9 @@ async def opspush_process(
         env={**clean, "DATABASE_URL": dsn, "OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "1",
              "OPSPUSH_LOG_LEVEL": "info", **env},
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if open_files is None else lambda: resource.setrlimit(
+            resource.RLIMIT_NOFILE, (open_files, open_files)
+        ),
     )  # fmt: skip
     assert process.stderr is not None
     try:
