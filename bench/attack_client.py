@@ -226,33 +226,98 @@ def close_writer(writer: Any) -> None:
 # -- the attacks ----------------------------------------------------------------------------
 
 
+MAX_CONNECTIONS = 1000  # one attacker's reconnections, at most, in one attack
+
+
+class Attack:
+    """One attack by one client that reconnects whenever the server closes it, until its
+    time is up: the server's first close (when, how), every close, the totals."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.total = Outcome()
+        self.deadline: float | None = None
+        self.connections = 0
+        self.closes: Counter[str] = Counter()
+        self.setup_failures: Counter[str] = Counter()
+        self.received = 0
+
+    def begin(self) -> None:
+        """The first connection is set up: the attack (and its clock) starts."""
+        if self.deadline is None:
+            ready()
+            self.total.started = time.monotonic()
+            self.deadline = self.total.started + self.seconds
+
+    def ended(self, connection: Outcome, frames: Frames | None = None) -> None:
+        self.total.sent += connection.sent
+        self.total.units += connection.units
+        if frames is not None:
+            self.received += frames.bytes
+        if connection.close is not None:
+            self.closes[connection.close] += 1
+            self.total.closed(connection.close)
+
+    async def run(self, once: Any) -> Outcome:
+        while self.connections < MAX_CONNECTIONS:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break
+            self.connections += 1
+            try:
+                if self.deadline is None:
+                    await once(self)
+                else:
+                    async with asyncio.timeout(self.deadline - time.monotonic() + 1.5):
+                        await once(self)
+            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError) as error:
+                if self.deadline is None:
+                    raise  # the first set-up failed: no attack
+                if time.monotonic() >= self.deadline:
+                    break
+                self.setup_failures[str(error)[:80] or type(error).__name__] += 1
+                await asyncio.sleep(0.1)
+        self.total.extra.update(
+            connections=self.connections,
+            closes=dict(self.closes),
+            received_bytes=self.received,
+        )
+        if self.setup_failures:
+            self.total.extra["reconnect_failures"] = dict(self.setup_failures)
+        return self.total
+
+
+async def final_close(reader: Any, frames: Frames, connection: Outcome) -> None:
+    """Closed while writing: a close frame may already be in the receive buffer."""
+    if connection.closed_at is not None and frames.close_code is None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(read_frames(reader, frames, Outcome()), 0.5)
+        if frames.close_code is not None:
+            connection.close = f"close {frames.close_code} ({connection.close})"
+
+
 async def cont_flood(args: argparse.Namespace, path: str) -> Outcome:
     """No token: TEXT FIN=0 with no payload, then empty CONT frames with FIN=0, endlessly."""
-    reader, writer, _ = await upgrade(args.port, path)
-    frames = Frames()
-    outcome = Outcome()
-    ready()
-    outcome.started = time.monotonic()
-    deadline = outcome.started + args.seconds
-    try:
-        writer.write(frame(TEXT, b"", fin=False))
-        unit = frame(CONT, b"", fin=False)
-        chunk = repeated(unit)
-        await bounded(
-            deadline,
-            flood(writer, chunk, outcome, len(chunk) // len(unit)),
-            read_frames(reader, frames, outcome),
-        )
-        if outcome.closed_at is not None and frames.close_code is None:
-            # Closed while writing: a close frame may already be in the receive buffer.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(read_frames(reader, frames, Outcome()), 0.5)
-            if frames.close_code is not None:
-                outcome.close = f"close {frames.close_code} ({outcome.close})"
-    finally:
-        close_writer(writer)
-    outcome.extra["received_bytes"] = frames.bytes
-    return outcome
+    unit = frame(CONT, b"", fin=False)
+    chunk = repeated(unit)
+
+    async def once(attack: Attack) -> None:
+        reader, writer, _ = await upgrade(args.port, path)
+        attack.begin()
+        assert attack.deadline is not None
+        frames, connection = Frames(), Outcome()
+        try:
+            writer.write(frame(TEXT, b"", fin=False))
+            await bounded(
+                attack.deadline,
+                flood(writer, chunk, connection, len(chunk) // len(unit)),
+                read_frames(reader, frames, connection),
+            )
+            await final_close(reader, frames, connection)
+        finally:
+            close_writer(writer)
+            attack.ended(connection, frames)
+
+    return await Attack(args.seconds).run(once)
 
 
 PING_PAYLOAD = b"p" * 125
@@ -260,44 +325,51 @@ PING_PAYLOAD = b"p" * 125
 
 async def ping_flood(args: argparse.Namespace, *, read: bool) -> Outcome:
     """With a token: pings of 125 bytes as fast as possible; with `read`, one unsolicited pong
-    per 64 KB and every frame read back; without, a small receive buffer never read."""
-    reader, writer, _ = await upgrade(args.port, "/ws", rcvbuf=None if read else 4096)
-    frames = Frames()
-    await hello(reader, writer, args.token, frames)
-    outcome = Outcome()
+    per 64 KB and every frame read back; without, a small receive buffer never read (at the
+    end, one read of at most 1 s looks for a close frame)."""
     ping = frame(PING, PING_PAYLOAD)
     chunk = repeated(ping)
     n = len(chunk) // len(ping)
     if read:
         chunk += frame(PONG, b"u" * 125)
-    ready()
-    outcome.started = time.monotonic()
-    deadline = outcome.started + args.seconds
-    try:
-        if read:
-            await bounded(
-                deadline, flood(writer, chunk, outcome, n), read_frames(reader, frames, outcome)
-            )
-        else:
-            await bounded(deadline, flood(writer, chunk, outcome, n))
-            # The end: read what is waiting for a bounded time (a close frame, if one came).
-            tail = Outcome()
-            during = frames.bytes
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(read_frames(reader, frames, tail), 1.0)
-            outcome.extra["read_after_the_attack_bytes"] = frames.bytes - during
-            if frames.close_code is not None:
-                outcome.close = f"close {frames.close_code}" + (
-                    f" ({outcome.close})" if outcome.close else ""
+    pongs = [0]
+    read_after = [0]
+
+    async def once(attack: Attack) -> None:
+        reader, writer, _ = await upgrade(args.port, "/ws", rcvbuf=None if read else 4096)
+        frames, connection = Frames(), Outcome()
+        try:
+            await hello(reader, writer, args.token, frames)
+            attack.begin()
+            assert attack.deadline is not None
+            if read:
+                await bounded(
+                    attack.deadline,
+                    flood(writer, chunk, connection, n),
+                    read_frames(reader, frames, connection),
                 )
-                if outcome.closed_at is None:
-                    outcome.closed("seen at the end")
-                    outcome.close = f"close {frames.close_code} (seen in the final read)"
-    finally:
-        close_writer(writer)
+                await final_close(reader, frames, connection)
+            else:
+                await bounded(attack.deadline, flood(writer, chunk, connection, n))
+                during = frames.bytes
+                tail = Outcome()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(read_frames(reader, frames, tail), 1.0)
+                read_after[0] += frames.bytes - during
+                if frames.close_code is not None:
+                    connection.close = f"close {frames.close_code}" + (
+                        f" ({connection.close})" if connection.close else " (seen at the end)"
+                    )
+        finally:
+            close_writer(writer)
+            pongs[0] += frames.counts.get(PONG, 0)
+            attack.ended(connection, frames)
+
+    outcome = await Attack(args.seconds).run(once)
     outcome.extra["pings"] = outcome.units
-    outcome.extra["pongs_read"] = frames.counts.get(PONG, 0)
-    outcome.extra["received_bytes"] = frames.bytes
+    outcome.extra["pongs_read"] = pongs[0]
+    if not read:
+        outcome.extra["read_after_the_attack_bytes"] = read_after[0]
     return outcome
 
 
@@ -321,16 +393,23 @@ async def read_http(reader: Any, outcome: Outcome, statuses: Counter[str] | None
 
 async def head_flood(args: argparse.Namespace, *, url: bool) -> Outcome:
     """A request head that never ends: one header value (or the URL), 64 KiB per write."""
-    reader, writer = await connect(args.port)
-    outcome = Outcome()
-    ready()
-    outcome.started = time.monotonic()
-    deadline = outcome.started + args.seconds
-    try:
-        writer.write(b"GET /" if url else b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
-        await bounded(deadline, flood(writer, b"a" * CHUNK, outcome, 1), read_http(reader, outcome))
-    finally:
-        close_writer(writer)
+    chunk = b"a" * CHUNK
+
+    async def once(attack: Attack) -> None:
+        reader, writer = await connect(args.port)
+        attack.begin()
+        assert attack.deadline is not None
+        connection = Outcome()
+        try:
+            writer.write(b"GET /" if url else b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+            await bounded(
+                attack.deadline, flood(writer, chunk, connection, 1), read_http(reader, connection)
+            )
+        finally:
+            close_writer(writer)
+            attack.ended(connection)
+
+    outcome = await Attack(args.seconds).run(once)
     outcome.extra["sent_mb"] = round(outcome.sent / 2**20, 1)
     return outcome
 

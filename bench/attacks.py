@@ -568,7 +568,11 @@ def closed_cell(row: dict[str, Any]) -> str:
         return f"{attacker.get('requests', 0)} requests in {taken} s: {statuses or 'no answer'}"
     if attacker.get("closed_at") is None:
         return "no"
-    return f"at {attacker['closed_at']:.2f} s: {attacker['close']}"
+    cell = f"at {attacker['closed_at']:.2f} s: {attacker['close']}"
+    connections = attacker.get("connections", 1)
+    if connections > 1:  # it reconnected each time it was closed, until its time was up
+        cell += f" ({connections} connections, {sum(attacker['closes'].values())} closed)"
+    return cell
 
 
 def gap(value: float | None) -> str:
