@@ -79,6 +79,10 @@ class FrameLimits:
     max_unread_pings: int = 16
 
 
+def _never() -> bool:
+    return False
+
+
 class FrameFlood(ProtocolError):
     """A peer went past its FrameLimits; the connection is failed."""
 
@@ -109,6 +113,12 @@ class ServerConnection(ServerProtocol):
         self._refilled = time.monotonic()
         self._fragments = 0
         self._unread_pings = 0
+
+    def release(self) -> None:
+        """Drop the callbacks into the connection's owner (at its end): they and the owner
+        refer to each other, and a cycle would wait for a rare full collection."""
+        self.on_frame = None
+        self._write_paused = _never
 
     def recv_frame(self, frame: Frame) -> None:
         limits = self._limits
@@ -286,6 +296,7 @@ class FrameConnection(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._close_timer = self._ping = None
+        self.conn.release()
         self.ended()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)

@@ -56,18 +56,24 @@ class _Deadline:
 
     def cancel(self) -> None:
         self.timer.cancel()
+        # The protocol holds this timer and this timer the protocol: without this, every
+        # closed connection would wait as cyclic garbage for a rare full collection.
+        self.protocol = None
 
-    def head_arrived(self) -> bool:
-        return self.protocol.cycle is not self.waiting_for
+    def head_arrived(self, cycle: Any) -> bool:
+        return cycle is not self.waiting_for
 
     def _expire(self) -> None:
         protocol = self.protocol
+        if protocol is None:
+            return
         transport: Any = protocol.transport
         if transport.is_closing() or transport.get_protocol() is not protocol:
             return  # closed, or upgraded to a WebSocket
-        if self.head_arrived() and not protocol.cycle.more_body:
+        arrived = self.head_arrived(protocol.cycle)
+        if arrived and not protocol.cycle.more_body:
             return  # the request is whole: the app's business now
-        part = "body" if self.head_arrived() else "request"
+        part = "body" if arrived else "request"
         log.info("closing a connection whose %s did not arrive in time", part)
         transport.close()
 
@@ -102,6 +108,7 @@ class _Guarded:
 
     _deadline: _Deadline
     _head_bytes: int
+    cycle: Any
     _counted_as: str | None
     url: bytes
     ws_protocol_class: Any
@@ -123,7 +130,7 @@ class _Guarded:
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # answered 431: what it still sends is dropped unparsed
-        if self._deadline.head_arrived() or self.transport.get_protocol() is not self:
+        if self.transport.get_protocol() is not self or self._deadline.head_arrived(self.cycle):
             super().data_received(data)  # type: ignore[misc]
             return
         room = MAX_HEAD_BYTES - self._head_bytes
@@ -138,7 +145,7 @@ class _Guarded:
         protocol = self.transport.get_protocol()
         if protocol is not self:
             protocol.data_received(data[room:])  # type: ignore[attr-defined]
-        elif self._deadline.head_arrived():
+        elif self._deadline.head_arrived(self.cycle):
             self.data_received(data[room:])
         elif not self.transport.is_closing():
             self._refuse_head()
@@ -155,7 +162,8 @@ class _Guarded:
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         self._deadline.cancel()
-        self._deadline = _Deadline(self, self.header_timeout)
+        if not self.transport.is_closing():
+            self._deadline = _Deadline(self, self.header_timeout)
         self._head_bytes = 0
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -89,6 +89,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.__class__ = ServerConnection  # same state, the limits on top
         cast(ServerConnection, self.conn).limit(self.limits, lambda: not self.writable.is_set())
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cast(ServerConnection, self.conn).release()
+
     def handle_parser_exception(self) -> None:
         """uvicorn's, but with a lingering close (`end_stream`): a flooder's close frame is
         not lost to a reset; and a peer that reads nothing is reset after CLOSE_TIMEOUT."""
