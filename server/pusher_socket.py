@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol, pusher
@@ -321,8 +322,11 @@ def _protocol_refusal(query: str | None) -> tuple[int, str] | None:
 async def pusher_endpoint(websocket: WebSocket) -> None:
     service: Service = websocket.app.state.service
     settings = service.settings
-    if not service.origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host")):
-        await websocket.close(code=1008)  # before accept: the server answers HTTP 403
+    denial = service.upgrade_refusal(
+        websocket.headers.getlist("origin"), websocket.headers.getlist("host")
+    )
+    if denial is not None:
+        await _deny(websocket, *denial)
         return
     if service.draining or settings.pusher is None:
         await websocket.close(code=protocol.CLOSE_RESTARTING)
@@ -351,6 +355,14 @@ async def pusher_endpoint(websocket: WebSocket) -> None:
         code = await _serve(websocket, service)
     if code is not None:
         await close_quietly(websocket, code)
+
+
+async def _deny(websocket: WebSocket, status: int, text: str) -> None:
+    """Refuse the upgrade with an HTTP status, before accept."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
+    else:
+        await websocket.close(code=1008)  # a server without the extension answers 403
 
 
 async def _refuse(websocket: WebSocket, code: int, message: str) -> None:

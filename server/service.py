@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -164,6 +164,20 @@ class Service:
         if self.settings.allowed_origins:
             return origin in self.settings.allowed_origins
         return host is not None and origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+
+    def upgrade_refusal(
+        self, origins: Sequence[str], hosts: Sequence[str]
+    ) -> tuple[int, str] | None:
+        """The HTTP status and text refusing an upgrade with these Origin and Host headers.
+
+        Each may appear once (RFC 6454, RFC 9112): with two, which one a check trusts is a
+        guess, so a repeat is the client's mistake and a 400, not a crash or a pass.
+        """
+        if len(origins) > 1 or len(hosts) > 1:
+            return 400, "Origin and Host may each appear once"
+        if not self.origin_allowed(origins[0] if origins else None, hosts[0] if hosts else None):
+            return 403, "Forbidden origin"
+        return None
 
     def admit(self) -> bool:
         """A new socket within the admission rate (OPSPUSH_ADMISSION_RATE)?"""

@@ -81,8 +81,10 @@ class ViewerConnection(FrameConnection):
 
     def refuse(self, request: Request) -> tuple[int, str] | None:
         headers = request.headers
-        if not self.service.origin_allowed(headers.get("origin"), headers.get("host")):
-            return 403, "Forbidden origin"
+        # get_all, not get: `get` raises on a repeated header (an ERROR and two tracebacks).
+        refusal = self.service.upgrade_refusal(headers.get_all("origin"), headers.get_all("host"))
+        if refusal is not None:
+            return refusal
         if self.service.draining:
             return 403, "Restarting"
         return None
