@@ -12,7 +12,6 @@ user's id, and its new subscriptions are decided (and re-checked) on domain.md's
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import time
@@ -36,14 +35,15 @@ log = logging.getLogger("opspush.pusher")
 
 HOST_EVENT_BACKLOG = 1000  # the host's events waiting for one slow socket; beyond: 4100
 
-# socket ids are "<this process>.<counter>": unique per server, and across processes in all
-# likelihood (the host excludes a sender by socket id on whichever process it lands).
-_PROCESS = secrets.randbelow(10**9) + 1
-_COUNTER = itertools.count(1)
+# A socket id must be unguessable: the host excludes a sender by it and a channel signature
+# is bound to it. Two random parts keep Pusher's `<digits>.<digits>` (Laravel's and Pusher's
+# server libraries check that shape); 80 random bits make a repeat on any process negligible.
+_SOCKET_ID_PART = 10**12
 
 
 def new_socket_id() -> str:
-    return f"{_PROCESS}.{next(_COUNTER)}"
+    first = secrets.randbelow(_SOCKET_ID_PART) + 1
+    return f"{first}.{secrets.randbelow(_SOCKET_ID_PART) + 1}"
 
 
 class PusherOutbox(Outbox):

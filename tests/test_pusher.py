@@ -16,6 +16,7 @@ import pytest
 import websockets
 from pusher.signature import sign
 
+from opspush import pusher
 from tests.conftest import RunningServer, Viewer
 from tests.factories import Factory
 from tests.pusher_support import APP, PusherSocket, channel_auth, host, pusher_server, signin
@@ -51,6 +52,21 @@ async def test_connection_established_and_ping_pong(
     assert a.activity_timeout == 120
     await a.send("pusher:ping")
     assert (await a.recv())["event"] == "pusher:pong"
+
+
+async def test_socket_ids_are_unguessable(ps: RunningServer, sockets: list[PusherSocket]) -> None:
+    """Random in both parts, not `<process>.<counter>`; still the shape the libraries check."""
+    opened = [await _open(ps, sockets) for _ in range(4)]
+    ids = [socket.socket_id for socket in opened]
+    firsts = {int(i.split(".")[0]) for i in ids}
+    seconds = sorted(int(i.split(".")[1]) for i in ids)
+    assert len(firsts) == len(ids), ids  # not one per process
+    assert seconds != list(range(seconds[0], seconds[0] + len(ids))), ids  # not a counter
+    client = host(ps)
+    for socket_id in ids:
+        assert pusher.valid_socket_id(socket_id)
+        # Pusher's own library validates the socket id it signs for.
+        assert client.authenticate(channel="private-orders", socket_id=socket_id)["auth"]
 
 
 @pytest.mark.parametrize(
