@@ -35,6 +35,9 @@ class Session(Protocol):
     async def aclose(self, code: int) -> None:
         """Close with `code`; return once closed, or given up on (a bounded wait)."""
 
+    def terminate(self) -> None:
+        """The host ended this user's connections (`terminate_connections`): close now."""
+
 
 log = logging.getLogger("opspush.service")
 
@@ -58,7 +61,9 @@ class Service:
         self._engine: Engine | None = None
         self.listener: Listener | None = None
         # The host's own channels and events (the Pusher HTTP API), when configured.
-        self.pusher_hub = PusherHub() if settings.pusher is not None else None
+        self.pusher_hub = (
+            PusherHub(terminate_user=self.terminate_user) if settings.pusher is not None else None
+        )
 
     @property
     def engine(self) -> Engine:
@@ -144,6 +149,15 @@ class Service:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
         return True
+
+    def terminate_user(self, user_id: int) -> None:
+        """Close every socket of this user on this process: `/ws` ones and signed-in Pusher
+        ones (the HTTP API's `terminate_connections`, relayed to every process)."""
+        ended = [session for session in self.sessions if session.user_id == user_id]
+        for session in ended:
+            session.terminate()
+        if ended:
+            log.info("the host terminated user %d's connections: %d socket(s)", user_id, len(ended))
 
     async def wait_sessions(self, predicate: Callable[[set[Session]], bool]) -> None:
         """Wait until the open sessions satisfy `predicate` (for tests and drains)."""

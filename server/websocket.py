@@ -77,6 +77,10 @@ class ViewerConnection(FrameConnection):
         if ended and not self.channels:
             self.outbox.close_after_flush(protocol.CLOSE_ENDED)
 
+    def terminate(self) -> None:
+        # 4401: the client may come back only with a new token, which the host now controls.
+        self.close(protocol.CLOSE_UNAUTHENTICATED)
+
     # -- the connection's hooks ------------------------------------------------------------
 
     def refuse(self, request: Request) -> tuple[int, str] | None:

@@ -381,6 +381,30 @@ async def test_terminate_connections_closes_that_users_sockets(
     assert (await bystander.recv())["event"] == "pusher:pong"
 
 
+async def test_terminate_connections_closes_that_users_ws_sockets_on_every_process(
+    ps: RunningServer, database_dsn: str, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """`/ws` sockets of the user close with 4401, here and on another process; others stay."""
+    ws = await db.workspace()
+    user, other = await db.user(), await db.user()
+    await db.member(ws, other, "operator")
+    run = await db.run(ws, status="running")
+    async with pusher_server(database_dsn) as second:
+        assert second.service.listener is not None
+        await second.service.listener.connected.wait()
+        here = await ps.connect(user)
+        there = await second.connect(user)
+        bystander = await second.connect(other)
+        signed_in = await _open(second, sockets)
+        assert (await signin(host(ps), signed_in, user))["event"] == "pusher:signin_success"
+        await _call(host(ps).terminate_user_connections, str(user))
+        assert await here.closed() == 4401
+        assert await there.closed() == 4401
+        assert await signed_in.closed() == 4009
+        assert (await bystander.subscribe(f"run:{run}"))["type"] == "state"
+        await bystander.close()
+
+
 async def test_a_hidden_tab_unsubscribes_and_resubscribes(
     ps: RunningServer, db: Factory, sockets: list[PusherSocket]
 ) -> None:
