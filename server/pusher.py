@@ -65,6 +65,21 @@ def valid_channel_name(name: object) -> bool:
     )
 
 
+def user_channel(name: object) -> int | None:
+    """`#server-to-user-7` → 7 (Pusher's `send_to_user`); None for any other name.
+
+    Only the canonical spelling of an id opspush can sign in (a positive integer): another
+    spelling (`007`) names a channel no socket can join.
+    """
+    if not isinstance(name, str) or not name.startswith(USER_CHANNEL):
+        return None
+    text = name[len(USER_CHANNEL) :]
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_ID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID and str(number) == text else None
+
+
 def is_own(name: str) -> bool:
     """Named like one of opspush's channels, whatever the prefix: never the host's to use."""
     for prefix in (PRIVATE, PRESENCE, ""):
@@ -203,7 +218,7 @@ def _event(value: object, *, batch: bool) -> Event:
     if not isinstance(channels, list) or not 0 < len(channels) <= MAX_EVENT_CHANNELS:
         raise PusherError(400, "`channels` must list 1 to 100 channels")
     for channel in channels:
-        if not valid_channel_name(channel):
+        if not valid_channel_name(channel) and user_channel(channel) is None:
             raise PusherError(400, "a channel name is malformed")
     for channel in channels:
         if is_own(channel):

@@ -405,6 +405,36 @@ async def test_terminate_connections_closes_that_users_ws_sockets_on_every_proce
         await bystander.close()
 
 
+async def test_send_to_user_reaches_that_users_signed_in_sockets_on_every_process(
+    ps: RunningServer, database_dsn: str, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """Pusher's `send_to_user` (`#server-to-user-<id>`), from Pusher's own library."""
+    user, other = await db.user(), await db.user()
+    client = host(ps)
+    async with pusher_server(database_dsn) as second:
+        assert second.service.listener is not None
+        await second.service.listener.connected.wait()
+        mine = [await _open(ps, sockets), await _open(second, sockets)]
+        theirs = await _open(second, sockets)
+        for socket, who in [(mine[0], user), (mine[1], user), (theirs, other)]:
+            assert (await signin(client, socket, who))["event"] == "pusher:signin_success"
+            subscribed = await socket.subscribe(f"#server-to-user-{who}")
+            assert subscribed["event"] == "pusher_internal:subscription_succeeded"
+        await _call(client.send_to_user, str(user), "Notice", {"n": 1})
+        for socket in mine:
+            notice = await socket.until(lambda f: f["event"] == "Notice")
+            assert notice["channel"] == f"#server-to-user-{user}"
+            assert notice["data"] == {"n": 1}
+        # The other user's socket got nothing of it: its next frame is its own event.
+        await _call(client.send_to_user, str(other), "After", {})
+        assert (await theirs.recv())["event"] == "After"
+        assert await _signed_post(ps, _user_event("#server-to-user-007"), 0) == 400
+
+
+def _user_event(channel: str) -> bytes:
+    return json.dumps({"name": "E", "channels": [channel], "data": "x"}).encode()
+
+
 async def test_a_hidden_tab_unsubscribes_and_resubscribes(
     ps: RunningServer, db: Factory, sockets: list[PusherSocket]
 ) -> None:

@@ -103,6 +103,27 @@ def test_events_bodies() -> None:
         pusher.parse_batch(json.dumps({"batch": batch}).encode())
 
 
+@pytest.mark.parametrize(
+    ("channel", "status"),
+    [("#server-to-user-7", None), ("#server-to-user-9223372036854775807", None),
+     ("#server-to-user-0", 400), ("#server-to-user-007", 400), ("#server-to-user-x", 400),
+     ("#server-to-user--1", 400), ("#server-to-user-", 400), ("#server-to-user-7.0", 400),
+     ("#server-to-user-9223372036854775808", 400), ("#server-to-user-" + "9" * 300, 400),
+     ("#other-7", 400), ("#server-to-user-\u0667", 400)],
+)  # fmt: skip
+def test_events_to_a_user(channel: str, status: int | None) -> None:
+    """Pusher's `send_to_user`: `#server-to-user-<id>` for a user opspush can sign in."""
+    body = json.dumps({"name": "e", "channels": [channel, "a"], "data": "x"}).encode()
+    if status is None:
+        assert pusher.parse_events(body)[0].channels == (channel, "a")
+        assert pusher.user_channel(channel) == int(channel.rpartition("-")[2])
+        return
+    assert pusher.user_channel(channel) is None
+    with pytest.raises(pusher.PusherError) as refused:
+        pusher.parse_events(body)
+    assert refused.value.status == status
+
+
 def test_engine_frames_in_pushers_words() -> None:
     state = '{"type":"state","ch":"run:4","data":{"id":4},"interval":5}'
     frame = json.loads(pusher.translate(state))
