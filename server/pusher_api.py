@@ -3,8 +3,8 @@
 Every request is checked whole before anything is sent (nothing is delivered on any
 error): its query (key, timestamp, signature) before its body is read, so a caller without
 the secret never holds a connection waiting for a body; then the body, at most MAX_BODY,
-against the signed body_md5. Then one message goes to every opspush process through PostgreSQL (pusher_relay),
-this one included, and each hands it to its own sockets.
+against the signed body_md5. Then one message goes to every opspush process through
+PostgreSQL (pusher_relay), this one included, and each hands it to its own sockets.
 
 Replays: like Pusher, a request is refused when its auth_timestamp is more than 600 s off.
 Within that window an identical request is accepted again: its signature binds the exact
