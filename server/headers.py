@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # A Host header that can go into the policy verbatim: a name or an address, and a port.
@@ -66,8 +67,16 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = Headers(scope=scope).get("host")
-        extra = security_headers(host, self.frame_ancestors, self.console_origins)
+        hosts = Headers(scope=scope).getlist("host")
+        if len(hosts) > 1:
+            # RFC 9112 3.2: more than one Host is a 400; which one to trust would be a guess.
+            extra = security_headers(None, self.frame_ancestors, self.console_origins)
+            refusal = PlainTextResponse("Host may appear once", status_code=400, headers=extra)
+            await refusal(scope, receive, send)
+            return
+        extra = security_headers(
+            hosts[0] if hosts else None, self.frame_ancestors, self.console_origins
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

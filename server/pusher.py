@@ -42,6 +42,8 @@ OWN: Final = "opspush."  # opspush's own channels, after any prefix
 
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
 _SOCKET_ID_RE = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")  # an HMAC-SHA256 as Pusher's libraries write it
+_HEX32_RE = re.compile(r"[0-9a-f]{32}")  # an MD5
 _OWN_KINDS = {"run": Kind.RUN, "review-pack": Kind.REVIEW_PACK, "operations": Kind.WALL}
 
 
@@ -63,6 +65,21 @@ def valid_channel_name(name: object) -> bool:
         and 0 < len(name) <= MAX_CHANNEL_NAME
         and bool(_CHANNEL_RE.fullmatch(name))
     )
+
+
+def user_channel(name: object) -> int | None:
+    """`#server-to-user-7` → 7 (Pusher's `send_to_user`); None for any other name.
+
+    Only the canonical spelling of an id opspush can sign in (a positive integer): another
+    spelling (`007`) names a channel no socket can join.
+    """
+    if not isinstance(name, str) or not name.startswith(USER_CHANNEL):
+        return None
+    text = name[len(USER_CHANNEL) :]
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_ID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID and str(number) == text else None
 
 
 def is_own(name: str) -> bool:
@@ -142,13 +159,15 @@ def signed_user_id(user_data: object) -> int:
     return number
 
 
-def api_signature_ok(
-    key: str, secret: str, method: str, path: str, query: dict[str, str], body: bytes, now: float
+def api_query_refusal(
+    key: str, secret: str, method: str, path: str, query: dict[str, str], now: float
 ) -> str | None:
-    """Check an HTTP API request's signature; None when good, else why not (for the log).
+    """Check an HTTP API request's query, before its body is read; None when good, else why
+    not (for the log).
 
-    The string signed is `METHOD\\npath\\nsorted query without auth_signature`, and
-    body_md5 binds the signature to the exact body.
+    The string signed is `METHOD\\npath\\nsorted query without auth_signature`; the body
+    enters it only as body_md5, so the whole signature is decided here and a caller without
+    the secret never gets the server to wait for a body.
     """
     if query.get("auth_key") != key:
         return "unknown auth_key"
@@ -160,13 +179,30 @@ def api_signature_ok(
         return "auth_timestamp missing or not an integer"
     if abs(now - timestamp) > TIMESTAMP_WINDOW:
         return "auth_timestamp more than 600 s off"
-    if body and query.get("body_md5") != hashlib.md5(body).hexdigest():
-        return "body_md5 does not match the body"
+    signature = query.get("auth_signature", "")
+    if not _HEX64_RE.fullmatch(signature):
+        return "auth_signature missing or not 64 hex digits"
+    if "body_md5" in query and not _HEX32_RE.fullmatch(query["body_md5"]):
+        return "body_md5 is not 32 hex digits"
     signed = "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != "auth_signature")
     expected = sign(secret, f"{method}\n{path}\n{signed}")
-    if not hmac.compare_digest(query.get("auth_signature", "").encode(), expected.encode()):
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
         return "bad auth_signature"
     return None
+
+
+def api_body_refusal(query: dict[str, str], body: bytes) -> str | None:
+    """Once the query is good: does the body match the body_md5 the signature covers?"""
+    if body and query.get("body_md5") != hashlib.md5(body).hexdigest():
+        return "body_md5 does not match the body"
+    return None
+
+
+def api_signature_ok(
+    key: str, secret: str, method: str, path: str, query: dict[str, str], body: bytes, now: float
+) -> str | None:
+    """The whole check, query then body; None when good, else why not."""
+    return api_query_refusal(key, secret, method, path, query, now) or api_body_refusal(query, body)
 
 
 # -- the HTTP API's bodies -------------------------------------------------------------------
@@ -203,7 +239,7 @@ def _event(value: object, *, batch: bool) -> Event:
     if not isinstance(channels, list) or not 0 < len(channels) <= MAX_EVENT_CHANNELS:
         raise PusherError(400, "`channels` must list 1 to 100 channels")
     for channel in channels:
-        if not valid_channel_name(channel):
+        if not valid_channel_name(channel) and user_channel(channel) is None:
             raise PusherError(400, "a channel name is malformed")
     for channel in channels:
         if is_own(channel):

@@ -1,8 +1,10 @@
 """The Pusher HTTP API (pusher.md): the host's events, and terminating a user's connections.
 
 Every request is checked whole before anything is sent (nothing is delivered on any
-error); then one message goes to every opspush process through PostgreSQL (pusher_relay),
-this one included, and each hands it to its own sockets.
+error): its query (key, timestamp, signature) before its body is read, so a caller without
+the secret never holds a connection waiting for a body; then the body, at most MAX_BODY,
+against the signed body_md5. Then one message goes to every opspush process through
+PostgreSQL (pusher_relay), this one included, and each hands it to its own sockets.
 
 Replays: like Pusher, a request is refused when its auth_timestamp is more than 600 s off.
 Within that window an identical request is accepted again: its signature binds the exact
@@ -49,20 +51,27 @@ async def _checked(request: Request) -> tuple[Service, bytes]:
     app = service.settings.pusher
     if app is None or request.path_params.get("app_id", app.app_id) != app.app_id:
         raise PusherError(404, "unknown app")
-    body = await _read_body(request)
-    reason = pusher.api_signature_ok(
-        app.key,
-        app.secret,
-        request.method,
-        request.url.path,
-        dict(request.query_params),
-        body,
-        time.time(),
+    query = dict(request.query_params)
+    # The query first: a request that is not the host's never gets the server to wait for
+    # its body (the signature covers the body only through body_md5).
+    reason = pusher.api_query_refusal(
+        app.key, app.secret, request.method, request.url.path, query, time.time()
     )
     if reason is not None:
-        log.info("refused an HTTP API request: %s", reason)  # the reason only, never a secret
-        raise PusherError(401, "invalid signature")
+        raise _unsigned(reason)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise PusherError(413, "request body too large")  # said so before it is sent
+    body = await _read_body(request)  # bounded by MAX_BODY as it streams
+    reason = pusher.api_body_refusal(query, body)
+    if reason is not None:
+        raise _unsigned(reason)
     return service, body
+
+
+def _unsigned(reason: str) -> PusherError:
+    log.info("refused an HTTP API request: %s", reason)  # the reason only, never a secret
+    return PusherError(401, "invalid signature")
 
 
 async def _publish(service: Service, message: dict[str, object]) -> Response:

@@ -8,6 +8,7 @@ into the socket's outbox, which is bounded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import pusher
@@ -27,7 +28,10 @@ class Member(Protocol):
 
 
 class PusherHub:
-    def __init__(self) -> None:
+    def __init__(self, terminate_user: Callable[[int], None] | None = None) -> None:
+        # `terminate_connections` ends all of a user's sockets, `/ws` ones included: the
+        # service knows them all; without it, the hub's own signed-in members.
+        self.terminate_user = terminate_user
         self.channels: dict[str, set[Member]] = {}
         self.users: dict[int, set[Member]] = {}
         self.reassembler = Reassembler()
@@ -72,7 +76,11 @@ class PusherHub:
             for value in message["events"]:
                 self._deliver_event(pusher.Event.from_json(value))
         elif kind == "terminate":
-            for member in list(self.users.get(int(message["user"]), ())):
+            user_id = int(message["user"])
+            if self.terminate_user is not None:
+                self.terminate_user(user_id)
+                return
+            for member in list(self.users.get(user_id, ())):
                 member.terminate()
 
     def _deliver_event(self, event: pusher.Event) -> None:

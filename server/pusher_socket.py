@@ -12,13 +12,13 @@ user's id, and its new subscriptions are decided (and re-checked) on domain.md's
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol, pusher
@@ -35,14 +35,15 @@ log = logging.getLogger("opspush.pusher")
 
 HOST_EVENT_BACKLOG = 1000  # the host's events waiting for one slow socket; beyond: 4100
 
-# socket ids are "<this process>.<counter>": unique per server, and across processes in all
-# likelihood (the host excludes a sender by socket id on whichever process it lands).
-_PROCESS = secrets.randbelow(10**9) + 1
-_COUNTER = itertools.count(1)
+# A socket id must be unguessable: the host excludes a sender by it and a channel signature
+# is bound to it. Two random parts keep Pusher's `<digits>.<digits>` (Laravel's and Pusher's
+# server libraries check that shape); 80 random bits make a repeat on any process negligible.
+_SOCKET_ID_PART = 10**12
 
 
 def new_socket_id() -> str:
-    return f"{_PROCESS}.{next(_COUNTER)}"
+    first = secrets.randbelow(_SOCKET_ID_PART) + 1
+    return f"{first}.{secrets.randbelow(_SOCKET_ID_PART) + 1}"
 
 
 class PusherOutbox(Outbox):
@@ -321,8 +322,11 @@ def _protocol_refusal(query: str | None) -> tuple[int, str] | None:
 async def pusher_endpoint(websocket: WebSocket) -> None:
     service: Service = websocket.app.state.service
     settings = service.settings
-    if not service.origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host")):
-        await websocket.close(code=1008)  # before accept: the server answers HTTP 403
+    denial = service.upgrade_refusal(
+        websocket.headers.getlist("origin"), websocket.headers.getlist("host")
+    )
+    if denial is not None:
+        await _deny(websocket, *denial)
         return
     if service.draining or settings.pusher is None:
         await websocket.close(code=protocol.CLOSE_RESTARTING)
@@ -351,6 +355,14 @@ async def pusher_endpoint(websocket: WebSocket) -> None:
         code = await _serve(websocket, service)
     if code is not None:
         await close_quietly(websocket, code)
+
+
+async def _deny(websocket: WebSocket, status: int, text: str) -> None:
+    """Refuse the upgrade with an HTTP status, before accept."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
+    else:
+        await websocket.close(code=1008)  # a server without the extension answers 403
 
 
 async def _refuse(websocket: WebSocket, code: int, message: str) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -34,6 +34,9 @@ class Session(Protocol):
 
     async def aclose(self, code: int) -> None:
         """Close with `code`; return once closed, or given up on (a bounded wait)."""
+
+    def terminate(self) -> None:
+        """The host ended this user's connections (`terminate_connections`): close now."""
 
 
 log = logging.getLogger("opspush.service")
@@ -58,7 +61,9 @@ class Service:
         self._engine: Engine | None = None
         self.listener: Listener | None = None
         # The host's own channels and events (the Pusher HTTP API), when configured.
-        self.pusher_hub = PusherHub() if settings.pusher is not None else None
+        self.pusher_hub = (
+            PusherHub(terminate_user=self.terminate_user) if settings.pusher is not None else None
+        )
 
     @property
     def engine(self) -> Engine:
@@ -145,6 +150,15 @@ class Service:
             return False
         return True
 
+    def terminate_user(self, user_id: int) -> None:
+        """Close every socket of this user on this process: `/ws` ones and signed-in Pusher
+        ones (the HTTP API's `terminate_connections`, relayed to every process)."""
+        ended = [session for session in self.sessions if session.user_id == user_id]
+        for session in ended:
+            session.terminate()
+        if ended:
+            log.info("the host terminated user %d's connections: %d socket(s)", user_id, len(ended))
+
     async def wait_sessions(self, predicate: Callable[[set[Session]], bool]) -> None:
         """Wait until the open sessions satisfy `predicate` (for tests and drains)."""
         while not predicate(self.sessions):
@@ -164,6 +178,20 @@ class Service:
         if self.settings.allowed_origins:
             return origin in self.settings.allowed_origins
         return host is not None and origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+
+    def upgrade_refusal(
+        self, origins: Sequence[str], hosts: Sequence[str]
+    ) -> tuple[int, str] | None:
+        """The HTTP status and text refusing an upgrade with these Origin and Host headers.
+
+        Each may appear once (RFC 6454, RFC 9112): with two, which one a check trusts is a
+        guess, so a repeat is the client's mistake and a 400, not a crash or a pass.
+        """
+        if len(origins) > 1 or len(hosts) > 1:
+            return 400, "Origin and Host may each appear once"
+        if not self.origin_allowed(origins[0] if origins else None, hosts[0] if hosts else None):
+            return 403, "Forbidden origin"
+        return None
 
     def admit(self) -> bool:
         """A new socket within the admission rate (OPSPUSH_ADMISSION_RATE)?"""

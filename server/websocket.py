@@ -83,12 +83,18 @@ class ViewerConnection(FrameConnection):
         if ended and not self.channels:
             self.outbox.close_after_flush(protocol.CLOSE_ENDED)
 
+    def terminate(self) -> None:
+        # 4401: the client may come back only with a new token, which the host now controls.
+        self.close(protocol.CLOSE_UNAUTHENTICATED)
+
     # -- the connection's hooks ------------------------------------------------------------
 
     def refuse(self, request: Request) -> tuple[int, str] | None:
         headers = request.headers
-        if not self.service.origin_allowed(headers.get("origin"), headers.get("host")):
-            return 403, "Forbidden origin"
+        # get_all, not get: `get` raises on a repeated header (an ERROR and two tracebacks).
+        refusal = self.service.upgrade_refusal(headers.get_all("origin"), headers.get_all("host"))
+        if refusal is not None:
+            return refusal
         if self.service.draining:
             return 403, "Restarting"
         return None

@@ -111,3 +111,20 @@ async def test_signed_in_echo_gets_404_for_a_run_out_of_scope(
         async with echo_listener(_config(ps, console, run, signIn=True)) as echo:
             error = await echo.until(lambda line: line["kind"] == "error")
             assert error["error"]["status"] == 404
+
+
+async def test_signed_in_echo_hears_send_to_user(ps: RunningServer, db: Factory) -> None:
+    """pusher-js subscribes `#server-to-user-<id>` after the sign-in; `user.bind` hears the
+    host's `send_to_user` (Pusher's own Python library)."""
+    ws = await db.workspace()
+    user = await db.user(ws, "operator")
+    run = await db.run(ws, status="running")
+    async with running_host(ps) as console:
+        console.user_id = user
+        config = _config(ps, console, run, signIn=True, userEvent="Notice")
+        async with echo_listener(config) as echo:
+            subscribed = await echo.until(lambda line: line["kind"] == "subscribed")
+            assert subscribed["channel"] == f"#server-to-user-{user}"
+            await asyncio.to_thread(host(ps).send_to_user, str(user), "Notice", {"n": 1})
+            notice = await echo.until(lambda line: line.get("event") == "Notice")
+            assert notice["payload"] == {"n": 1}

@@ -16,6 +16,7 @@ import pytest
 import websockets
 from pusher.signature import sign
 
+from opspush import pusher
 from tests.conftest import RunningServer, Viewer
 from tests.factories import Factory
 from tests.pusher_support import APP, PusherSocket, channel_auth, host, pusher_server, signin
@@ -51,6 +52,21 @@ async def test_connection_established_and_ping_pong(
     assert a.activity_timeout == 120
     await a.send("pusher:ping")
     assert (await a.recv())["event"] == "pusher:pong"
+
+
+async def test_socket_ids_are_unguessable(ps: RunningServer, sockets: list[PusherSocket]) -> None:
+    """Random in both parts, not `<process>.<counter>`; still the shape the libraries check."""
+    opened = [await _open(ps, sockets) for _ in range(4)]
+    ids = [socket.socket_id for socket in opened]
+    firsts = {int(i.split(".")[0]) for i in ids}
+    seconds = sorted(int(i.split(".")[1]) for i in ids)
+    assert len(firsts) == len(ids), ids  # not one per process
+    assert seconds != list(range(seconds[0], seconds[0] + len(ids))), ids  # not a counter
+    client = host(ps)
+    for socket_id in ids:
+        assert pusher.valid_socket_id(socket_id)
+        # Pusher's own library validates the socket id it signs for.
+        assert client.authenticate(channel="private-orders", socket_id=socket_id)["auth"]
 
 
 @pytest.mark.parametrize(
@@ -363,6 +379,60 @@ async def test_terminate_connections_closes_that_users_sockets(
     assert await signed_in.closed() == 4009
     await bystander.send("pusher:ping")
     assert (await bystander.recv())["event"] == "pusher:pong"
+
+
+async def test_terminate_connections_closes_that_users_ws_sockets_on_every_process(
+    ps: RunningServer, database_dsn: str, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """`/ws` sockets of the user close with 4401, here and on another process; others stay."""
+    ws = await db.workspace()
+    user, other = await db.user(), await db.user()
+    await db.member(ws, other, "operator")
+    run = await db.run(ws, status="running")
+    async with pusher_server(database_dsn) as second:
+        assert second.service.listener is not None
+        await second.service.listener.connected.wait()
+        here = await ps.connect(user)
+        there = await second.connect(user)
+        bystander = await second.connect(other)
+        signed_in = await _open(second, sockets)
+        assert (await signin(host(ps), signed_in, user))["event"] == "pusher:signin_success"
+        await _call(host(ps).terminate_user_connections, str(user))
+        assert await here.closed() == 4401
+        assert await there.closed() == 4401
+        assert await signed_in.closed() == 4009
+        assert (await bystander.subscribe(f"run:{run}"))["type"] == "state"
+        await bystander.close()
+
+
+async def test_send_to_user_reaches_that_users_signed_in_sockets_on_every_process(
+    ps: RunningServer, database_dsn: str, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """Pusher's `send_to_user` (`#server-to-user-<id>`), from Pusher's own library."""
+    user, other = await db.user(), await db.user()
+    client = host(ps)
+    async with pusher_server(database_dsn) as second:
+        assert second.service.listener is not None
+        await second.service.listener.connected.wait()
+        mine = [await _open(ps, sockets), await _open(second, sockets)]
+        theirs = await _open(second, sockets)
+        for socket, who in [(mine[0], user), (mine[1], user), (theirs, other)]:
+            assert (await signin(client, socket, who))["event"] == "pusher:signin_success"
+            subscribed = await socket.subscribe(f"#server-to-user-{who}")
+            assert subscribed["event"] == "pusher_internal:subscription_succeeded"
+        await _call(client.send_to_user, str(user), "Notice", {"n": 1})
+        for socket in mine:
+            notice = await socket.until(lambda f: f["event"] == "Notice")
+            assert notice["channel"] == f"#server-to-user-{user}"
+            assert notice["data"] == {"n": 1}
+        # The other user's socket got nothing of it: its next frame is its own event.
+        await _call(client.send_to_user, str(other), "After", {})
+        assert (await theirs.recv())["event"] == "After"
+        assert await _signed_post(ps, _user_event("#server-to-user-007"), 0) == 400
+
+
+def _user_event(channel: str) -> bytes:
+    return json.dumps({"name": "E", "channels": [channel], "data": "x"}).encode()
 
 
 async def test_a_hidden_tab_unsubscribes_and_resubscribes(

@@ -82,6 +82,58 @@ def test_api_signature_of_the_library_and_its_tampering() -> None:
     assert pusher.api_signature_ok(KEY, "wrong", "POST", "/apps/1/events", query, body, now)
 
 
+def _library_query(path: str = "/apps/1/events") -> tuple[dict[str, str], bytes]:
+    request = Request(LIBRARY._pusher_client, "POST", path, {"name": "e", "channels": ["c"]})
+    return dict(request.query_params), request.body
+
+
+_SIG = "auth_signature"
+QUERY_CASES: list[tuple[str, dict[str, str | None], str | None]] = [
+    ("the library's own", {}, None),
+    ("another key", {"auth_key": "other"}, "unknown auth_key"),
+    ("no key", {"auth_key": None}, "unknown auth_key"),
+    ("auth_version 2", {"auth_version": "2.0"}, "unsupported auth_version"),
+    ("no timestamp", {"auth_timestamp": None}, "auth_timestamp missing or not an integer"),
+    ("a word", {"auth_timestamp": "now"}, "auth_timestamp missing or not an integer"),
+    ("601 s old", {"auth_timestamp": "-601"}, "auth_timestamp more than 600 s off"),
+    ("601 s ahead", {"auth_timestamp": "+601"}, "auth_timestamp more than 600 s off"),
+    ("no signature", {_SIG: None}, "auth_signature missing or not 64 hex digits"),
+    ("an empty signature", {_SIG: ""}, "auth_signature missing or not 64 hex digits"),
+    ("63 hex digits", {_SIG: "a" * 63}, "auth_signature missing or not 64 hex digits"),
+    ("upper-case hex", {_SIG: "A" * 64}, "auth_signature missing or not 64 hex digits"),
+    ("not hex", {_SIG: "g" * 64}, "auth_signature missing or not 64 hex digits"),
+    ("a well-shaped wrong one", {_SIG: "0" * 64}, "bad auth_signature"),
+    ("a bad body_md5 shape", {"body_md5": "x"}, "body_md5 is not 32 hex digits"),
+    ("another body's md5", {"body_md5": "0" * 32}, "bad auth_signature"),
+    ("an extra parameter", {"info": "user_count"}, "bad auth_signature"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "change", "reason"), QUERY_CASES, ids=[c[0] for c in QUERY_CASES])
+def test_api_query_is_decided_before_the_body(
+    case: str, change: dict[str, str | None], reason: str | None
+) -> None:
+    """Everything but body_md5's match is decided on the query alone (no body is passed)."""
+    query, _ = _library_query()
+    now = time.time()
+    for name, value in change.items():
+        if value is None:
+            query.pop(name, None)
+        elif name == "auth_timestamp" and value[0] in "+-":
+            query[name] = str(int(query[name]) + int(value))
+        else:
+            query[name] = value
+    assert pusher.api_query_refusal(KEY, SECRET, "POST", "/apps/1/events", query, now) == reason
+
+
+def test_api_body_must_match_the_signed_md5() -> None:
+    query, body = _library_query()
+    assert pusher.api_body_refusal(query, body) is None
+    assert pusher.api_body_refusal(query, body + b" ") == "body_md5 does not match the body"
+    assert pusher.api_body_refusal({}, body) == "body_md5 does not match the body"
+    assert pusher.api_body_refusal({}, b"") is None  # a bodiless POST signs no body_md5
+
+
 def test_events_bodies() -> None:
     event = pusher.parse_events(b'{"name":"e","channels":["a","private-b"],"data":"x"}')[0]
     assert event.channels == ("a", "private-b") and event.socket_id is None
@@ -101,6 +153,27 @@ def test_events_bodies() -> None:
     batch = [{"channel": "a", "name": "e", "data": "x"}] * 11
     with pytest.raises(pusher.PusherError):
         pusher.parse_batch(json.dumps({"batch": batch}).encode())
+
+
+@pytest.mark.parametrize(
+    ("channel", "status"),
+    [("#server-to-user-7", None), ("#server-to-user-9223372036854775807", None),
+     ("#server-to-user-0", 400), ("#server-to-user-007", 400), ("#server-to-user-x", 400),
+     ("#server-to-user--1", 400), ("#server-to-user-", 400), ("#server-to-user-7.0", 400),
+     ("#server-to-user-9223372036854775808", 400), ("#server-to-user-" + "9" * 300, 400),
+     ("#other-7", 400), ("#server-to-user-\u0667", 400)],
+)  # fmt: skip
+def test_events_to_a_user(channel: str, status: int | None) -> None:
+    """Pusher's `send_to_user`: `#server-to-user-<id>` for a user opspush can sign in."""
+    body = json.dumps({"name": "e", "channels": [channel, "a"], "data": "x"}).encode()
+    if status is None:
+        assert pusher.parse_events(body)[0].channels == (channel, "a")
+        assert pusher.user_channel(channel) == int(channel.rpartition("-")[2])
+        return
+    assert pusher.user_channel(channel) is None
+    with pytest.raises(pusher.PusherError) as refused:
+        pusher.parse_events(body)
+    assert refused.value.status == status
 
 
 def test_engine_frames_in_pushers_words() -> None:

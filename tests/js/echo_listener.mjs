@@ -48,5 +48,20 @@ if (config.hostChannel) {
     .listen(".OrderShipped", (payload) => print({ kind: "event", event: "OrderShipped", payload }));
 }
 
+// Events the host sends to the signed-in user (Pusher's `send_to_user`): pusher-js subscribes
+// `#server-to-user-<id>` itself after the sign-in; its `user.bind` hears them.
+if (config.userEvent) {
+  const pusher = echo.connector.pusher;
+  pusher.connection.bind("message", (message) => {
+    const channel = message.channel ?? "";
+    if (message.event === "pusher_internal:subscription_succeeded" && channel.startsWith("#")) {
+      print({ kind: "subscribed", channel });
+    }
+  });
+  pusher.user.bind(config.userEvent, (payload) =>
+    print({ kind: "event", event: config.userEvent, payload }),
+  );
+}
+
 process.stdin.on("end", () => process.exit(0)); // the test ends us by closing stdin
 process.stdin.resume();

@@ -328,3 +328,79 @@ async def test_default_per_user_limit(database_dsn: str, db: Factory, record: An
         "the first 20 served, the 21st closed with 4429 (on by default); "
         "`OPSPUSH_MAX_CONNECTIONS_PER_USER=0` lets all 21 in",
     )
+
+
+async def _raw_head(port: int, head: str) -> bytes:
+    """Send one request head on a raw socket; the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode("latin-1"))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            line = await reader.readline()
+    finally:
+        writer.close()
+    return line
+
+
+async def test_repeated_origin_and_host_headers(
+    database_dsn: str, db: Factory, record: Any
+) -> None:
+    """Two Origin or two Host headers: 400 on both upgrade paths and on plain HTTP, and no
+    ERROR (the `/ws` core raised on them: an ERROR with two tracebacks per request)."""
+    from tests.pusher_support import APP, pusher_server
+
+    user = await db.user()
+    async with pusher_server(database_dsn) as server:
+        same = f"http://127.0.0.1:{server.port}"
+        repeats = [
+            f"Origin: {same}\r\nOrigin: http://evil.example\r\n",
+            f"Origin: {same}\r\nOrigin: {same}\r\n",
+            "Host: other.example\r\n",
+            f"Origin: {same}\r\nHost: other.example\r\n",
+        ]
+        upgrade = (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
+        targets = [
+            ("/ws", upgrade),
+            (f"/app/{APP.key}?protocol=7", upgrade),
+            ("/healthz", "Connection: close\r\n"),
+        ]
+        before = counts(server)
+        answers: dict[str, bytes] = {}
+        with watch_logs(verbose=True) as logs:
+            for path, extra in targets:
+                for repeat in repeats:
+                    if path == "/healthz" and "Host" not in repeat:
+                        continue  # plain HTTP routes read no Origin: a repeat is harmless
+                    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                    answers[f"{path} {repeat!r}"] = await _raw_head(
+                        server.port, f"{head}{extra}{repeat}\r\n"
+                    )
+            # One foreign Origin is still a 403 on either path (not a 400).
+            foreign = [
+                await _raw_head(
+                    server.port,
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{upgrade}"
+                    "Origin: http://evil.example\r\n\r\n",
+                )
+                for path, _ in targets[:2]
+            ]
+            assert all(line.startswith(b"HTTP/1.1 403") for line in foreign), foreign
+            # A well-formed upgrade still works, with its one Origin.
+            viewer = await server.connect(user, origin=same)
+            await viewer.close()
+            await wait_until(lambda: server_sockets(server) <= before.server_sockets, 10)
+            logs.assert_clean()
+        await assert_no_leak(server, before)
+    for name, answer in answers.items():
+        assert answer.startswith(b"HTTP/1.1 400"), (name, answer)
+    record(
+        "hostile",
+        "a repeated `Origin` or `Host` header on the `/ws` and `/app/{key}` upgrades, a "
+        "repeated `Host` on a plain HTTP route",
+        len(answers),
+        "HTTP 400 on each; no ERROR log, no traceback; a normal upgrade still served; no leak",
+    )

@@ -168,3 +168,62 @@ async def test_hostile_pusher_frames_and_api_requests(
         len(requests),
         "400/401/403/404/413 as pusher.md says; nothing delivered; the secret never logged",
     )
+
+
+async def _head_only(port: int, target: str, length: int) -> bytes:
+    """POST a head that promises `length` bytes of body and send none; the status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # The answer must come without any body: it never will.
+        async with asyncio.timeout(5):
+            return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def test_api_queries_are_refused_before_the_body(
+    database_dsn: str, db: Factory, record: Any
+) -> None:
+    """`Content-Length: 200000` and no body: a query that is not the host's is answered at
+    once (401, 404, 413), without waiting for a body that never comes."""
+    async with pusher_server(database_dsn) as server:
+        path = f"/apps/{APP.app_id}/events"
+        good = _signed(b"{}")
+
+        def target(query: dict[str, str], at: str = path) -> str:
+            return f"{at}?{httpx.QueryParams(query)}"
+
+        cases: list[tuple[str, int, int]] = [
+            (target({**good, "auth_key": "other"}), 200_000, 401),
+            (target(_signed(b"{}", skew=-601)), 200_000, 401),
+            (target({k: v for k, v in good.items() if k != "auth_signature"}), 200_000, 401),
+            (target({**good, "auth_signature": "not-hex"}), 200_000, 401),
+            (target({**good, "auth_signature": "0" * 64}), 200_000, 401),
+            (target({**good, "body_md5": "0" * 32}), 200_000, 401),
+            (target({}), 200_000, 401),
+            (target(good, "/apps/999/events"), 200_000, 404),
+            # Signed for /events, sent to /batch_events.
+            (target(good, f"/apps/{APP.app_id}/batch_events"), 200_000, 401),
+            (target(good), 300_000, 413),  # signed, but more than the API takes: said upfront
+        ]  # fmt: skip
+        before = counts(server)
+        with watch_logs(verbose=True) as logs:
+            answers = [await _head_only(server.port, t, n) for t, n, _ in cases]
+            logs.assert_clean()
+            assert APP.secret not in logs.text()
+        await assert_no_leak(server, before)
+    for (query, _, status), answer in zip(cases, answers, strict=True):
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), (query, answer)
+    record(
+        "hostile",
+        "Pusher HTTP API: `Content-Length: 200000` and no body, with another key, a stale "
+        "timestamp, no, malformed or wrong signatures, another path's signature, an unknown "
+        "app; and a signed 300,000-byte promise",
+        len(cases),
+        "401/404/413 at once, before any body is read; no ERROR log; no leak",
+    )
