@@ -10,6 +10,9 @@ cache in facts.py), and re-checked on a fixed cadence.
 
 Never a byte out of scope: a read that moves a channel's scope (a run's workspace, tenant or
 type; a card's workspace) decides every subscriber on the new scope before anything is pushed.
+Nor before a revocation: once an access change is notified (the facts epoch moves), nothing
+is pushed to a subscriber of any kind until a re-check on facts loaded after it decides it
+(`Fanout.cleared`), so a state committed with its own revocation never travels before `end`.
 A refusal only ever follows a read of the channel issued after the subscription arrived, so
 it takes the same path whether or not someone else watches the channel; an allowed newcomer
 of a live channel is served from memory. New subscriptions are decided on facts loaded at
@@ -556,7 +559,7 @@ class Engine:
         One who lost access gets `end revoked`; one who is allowed is no longer held. One
         whose facts are not current (an access change is being loaded) is left as it is, or
         held when `hold_unknown` (its channel's scope just moved): nothing reaches it until
-        a re-check on current facts decides it.
+        a re-check on current facts decides it (the fan-out holds it too, on any push).
         """
         decisions: dict[int, Decision | None] = {}
         for viewer, sub in list(watch.subs.items()):
