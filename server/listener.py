@@ -154,3 +154,5 @@ class Listener:
             self.engine.recheck_now()
         if wakeup.channels:
             self.engine.wake_channels(wakeup.channels)
+        if wakeup.tenants or wakeup.workspaces:
+            self.engine.wake_scopes(wakeup.tenants, wakeup.workspaces)

@@ -14,9 +14,13 @@ CHANNEL = "opspush"  # the LISTEN channel
 class Wakeup:
     channels: set[Channel] = field(default_factory=set)
     access: bool = False
+    # Tenants and workspaces deleted (or soft-deleted): the runs in them are gone too, and
+    # only the engine knows which runs those are.
+    tenants: set[int] = field(default_factory=set)
+    workspaces: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.channels) or self.access
+        return bool(self.channels or self.tenants or self.workspaces) or self.access
 
 
 def _id(text: str) -> int | None:
@@ -39,6 +43,9 @@ def parse(payloads: Iterable[str]) -> Wakeup:
             wakeup.channels.add(Channel(Kind.WALL, ids[1]))
         elif tag in ("p", "t") and len(ids) == 1 and ids[0]:
             wakeup.channels.add(Channel(Kind.REVIEW_PACK, ids[0]))
+            if tag == "t":
+                wakeup.tenants.add(ids[0])
         elif tag == "w" and len(ids) == 1 and ids[0]:
             wakeup.channels.add(Channel(Kind.WALL, ids[0]))
+            wakeup.workspaces.add(ids[0])
     return wakeup
