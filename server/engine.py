@@ -220,17 +220,18 @@ class Engine:
             self.wake()
 
     def wake_scopes(self, tenants: set[int], workspaces: set[int]) -> None:
-        """Tenants or workspaces were deleted: read at once the runs in them (now gone) and
-        the walls that list such runs. Rare, so a scan of the live channels is fine."""
+        """Tenants or workspaces were deleted: read at once the runs and cards in them (now
+        gone) and the walls that list such runs. Rare, so a scan of the live channels is fine."""
 
-        def inside(scope: RunScope) -> bool:
+        def inside(scope: RunScope | TenantScope | None) -> bool:
+            if scope is None:
+                return False
             return scope.tenant_id in tenants or scope.workspace_id in workspaces
 
         self.wake_channels(
             watch.channel
             for watch in self.watches.values()
-            if (isinstance(watch.scope, RunScope) and inside(watch.scope))
-            or any(inside(scope) for scope, _ in watch.wall_runs)
+            if inside(watch.scope) or any(inside(scope) for scope, _ in watch.wall_runs)
         )
 
     def wake_all(self) -> None:

@@ -217,6 +217,28 @@ async def test_a_run_whose_tenant_is_soft_deleted_ends_gone(
     assert [r["id"] for r in refiltered["data"]["runs"]] == [runs[kept]]
 
 
+async def test_a_soft_deleted_workspace_ends_its_runs_and_cards_gone(
+    notified: RunningServer, host: Host, viewers: list[Viewer]
+) -> None:
+    console = host.console
+    ws = await console.workspace()
+    tenant = await console.tenant(ws)
+    operator = await console.user(ws, "operator", [tenant])
+    run = await console.run(ws, tenant, status="running")
+    await console.pack(ws, tenant)
+    viewer = await notified.connect(operator)
+    viewers.append(viewer)
+    channels = [f"run:{run}", f"review-pack:{tenant}", f"operations:{ws}"]
+    for ch in channels:
+        assert (await viewer.subscribe(ch))["type"] == "state"
+    await host.pool.execute(
+        "UPDATE workspaces SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = $1", ws
+    )
+    ends = [await viewer.until(is_end, timeout=5) for _ in channels]
+    assert {(end["ch"], end["reason"]) for end in ends} == {(ch, "gone") for ch in channels}
+    assert await viewer.closed() == 4000
+
+
 async def test_a_run_whose_tenant_is_soft_deleted_ends_gone_by_the_tick(
     attached: RunningServer, host: Host, viewers: list[Viewer]
 ) -> None:
