@@ -239,15 +239,20 @@ class Engine:
         self._forced.update(self.watches)
         self.recheck_now()
 
+    def doubt_access(self) -> None:
+        """An access change was notified: facts loaded before now decide nothing new, and
+        nothing is pushed on their strength; the re-check itself is `recheck_now`'s."""
+        self._facts.access_changed()
+        for watch in self.watches.values():
+            watch.wall_frames = {}
+
     def recheck_now(self) -> None:
         """Re-check every subscription's access at the next tick (an access change).
 
         Facts loaded before now, or being loaded, decide nothing new after this: a new
         subscription, a scope change and a wall's filter wait for facts loaded after it.
         """
-        self._facts.access_changed()
-        for watch in self.watches.values():
-            watch.wall_frames = {}
+        self.doubt_access()
         self._next_recheck = self.clock.monotonic()
         self.wake()
 

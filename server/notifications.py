@@ -30,13 +30,18 @@ def _id(text: str) -> int | None:
     return value if 0 < value <= MAX_ID else None
 
 
+def is_access(payload: str) -> bool:
+    """Access facts changed (memberships, entitlements, capabilities)."""
+    return payload.partition(":")[0] == "a"
+
+
 def parse(payloads: Iterable[str]) -> Wakeup:
     """Fold a burst of payloads into one wake-up; unknown payloads are ignored."""
     wakeup = Wakeup()
     for payload in payloads:
         tag, _, rest = payload.partition(":")
         ids = [_id(part) for part in rest.split(":")] if rest else []
-        if tag == "a":
+        if is_access(payload):
             wakeup.access = True
         elif tag == "r" and len(ids) == 2 and ids[0] and ids[1]:
             wakeup.channels.add(Channel(Kind.RUN, ids[0]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from opspush import notifications
 from opspush.channels import parse_channel
 from opspush.clock import ManualClock
 from tests.attach.conftest import Host, attached_server
@@ -68,6 +70,28 @@ async def one_transaction(pool: asyncpg.Pool, *statements: tuple[str, tuple[Any,
             await connection.execute(sql, *args)
 
 
+async def settled(server: RunningServer, pool: asyncpg.Pool) -> None:
+    """What the setup notified has reached the engine: nothing it wakes can be read later,
+    after the transaction under test (the clock stands still, so nothing else reads)."""
+    listener = server.service.listener
+    assert listener is not None
+    marker = f"test-marker-{uuid.uuid4().hex}"  # an unknown payload: ignored by the engine
+    seen = asyncio.Event()
+
+    def spot(payload: str) -> bool:
+        if payload == marker:
+            seen.set()
+        return False  # nothing dropped
+
+    listener.drop = spot
+    try:
+        await pool.execute("SELECT pg_notify($1, $2)", notifications.CHANNEL, marker)
+        await asyncio.wait_for(seen.wait(), 10)
+        await wait_until(lambda: listener.idle, 10, "the listener handed everything over")
+    finally:
+        listener.drop = None
+
+
 async def committed_before_access_loads(
     server: RunningServer,
     pool: asyncpg.Pool,
@@ -108,6 +132,7 @@ async def test_a_state_committed_with_its_revocation_never_reaches_the_viewer(
             for kind, change_sql in CHANGES.items():
                 for order in ORDERS * TRIES:
                     user, target, ch = await watched_thing(db, clock, kind)
+                    await settled(server, db.pool)
                     viewer = await server.connect(user)
                     assert (await viewer.subscribe(ch))["type"] == "state"
                     statements = [(revoke_sql, (user,)), (change_sql, (target, SECRET_COUNTS))]
@@ -142,6 +167,7 @@ async def test_a_state_committed_with_its_revocation_never_reaches_a_pusher_view
     for kind, change_sql in CHANGES.items():
         for _ in ORDERS * TRIES:
             user, target, ch = await watched_thing(db, clock, kind)
+            await settled(server, db.pool)
             name = f"private-opspush.{ch.replace(':', '.')}"
             socket = await PusherSocket.open(server)
             try:
@@ -186,6 +212,7 @@ async def test_an_attached_soft_delete_committed_with_a_state_never_lets_it_thro
             user = await console.user(ws, "operator", [tenant])
             run = await console.run(ws, tenant, status="running")
             ch = f"run:{run}"
+            await settled(server, host.pool)
             viewer = await server.connect(user)
             assert (await viewer.subscribe(ch))["type"] == "state"
             await committed_before_access_loads(
