@@ -17,9 +17,24 @@ MAX_ID: Final = 2**63 - 1  # PostgreSQL bigint
 MAX_CHANNEL_LENGTH: Final = 64
 
 
+MAX_ID_DIGITS: Final = len(str(MAX_ID))
+
+
 def valid_id(number: int) -> bool:
     """An id any table can hold: 1..2^63-1 (larger ones would fail the query, not match)."""
     return 1 <= number <= MAX_ID
+
+
+def canonical_id(text: str) -> int | None:
+    """The id `text` spells in canonical form (plain ASCII digits, no sign, no leading zero,
+    in range), or None. One id has one spelling: `run:01` would watch run 1 while its frames
+    name `run:1`, which a client matching on the name never sees."""
+    if not 0 < len(text) <= MAX_ID_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    if text[0] == "0":
+        return None
+    number = int(text)
+    return number if valid_id(number) else None
 
 
 class ChannelError(ValueError):
@@ -58,7 +73,7 @@ def parse_channel(name: object) -> Channel:
     # Plain ASCII digits only: no sign, spaces, or other Unicode digits.
     if not sep or not id_text.isascii() or not id_text.isdigit():
         raise ChannelError("bad_request", "a channel id must be a positive integer")
-    number = int(id_text)
-    if not valid_id(number):
-        raise ChannelError("bad_request", "channel id out of range")
+    number = canonical_id(id_text)
+    if number is None:
+        raise ChannelError("bad_request", "channel id out of range or not canonical")
     return Channel(kind, number)

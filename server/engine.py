@@ -10,6 +10,9 @@ cache in facts.py), and re-checked on a fixed cadence.
 
 Never a byte out of scope: a read that moves a channel's scope (a run's workspace, tenant or
 type; a card's workspace) decides every subscriber on the new scope before anything is pushed.
+Nor before a revocation: once an access change is notified (the facts epoch moves), nothing
+is pushed to a subscriber of any kind until a re-check on facts loaded after it decides it
+(`Fanout.cleared`), so a state committed with its own revocation never travels before `end`.
 A refusal only ever follows a read of the channel issued after the subscription arrived, so
 it takes the same path whether or not someone else watches the channel; an allowed newcomer
 of a live channel is served from memory. New subscriptions are decided on facts loaded at
@@ -216,10 +219,32 @@ class Engine:
         if woken:
             self.wake()
 
+    def wake_scopes(self, tenants: set[int], workspaces: set[int]) -> None:
+        """Tenants or workspaces were deleted: read at once the runs and cards in them (now
+        gone) and the walls that list such runs. Rare, so a scan of the live channels is fine."""
+
+        def inside(scope: RunScope | TenantScope | None) -> bool:
+            if scope is None:
+                return False
+            return scope.tenant_id in tenants or scope.workspace_id in workspaces
+
+        self.wake_channels(
+            watch.channel
+            for watch in self.watches.values()
+            if inside(watch.scope) or any(inside(scope) for scope, _ in watch.wall_runs)
+        )
+
     def wake_all(self) -> None:
         """Re-read every live channel and re-check access at the next tick."""
         self._forced.update(self.watches)
         self.recheck_now()
+
+    def doubt_access(self) -> None:
+        """An access change was notified: facts loaded before now decide nothing new, and
+        nothing is pushed on their strength; the re-check itself is `recheck_now`'s."""
+        self._facts.access_changed()
+        for watch in self.watches.values():
+            watch.wall_frames = {}
 
     def recheck_now(self) -> None:
         """Re-check every subscription's access at the next tick (an access change).
@@ -227,9 +252,7 @@ class Engine:
         Facts loaded before now, or being loaded, decide nothing new after this: a new
         subscription, a scope change and a wall's filter wait for facts loaded after it.
         """
-        self._facts.access_changed()
-        for watch in self.watches.values():
-            watch.wall_frames = {}
+        self.doubt_access()
         self._next_recheck = self.clock.monotonic()
         self.wake()
 
@@ -556,7 +579,7 @@ class Engine:
         One who lost access gets `end revoked`; one who is allowed is no longer held. One
         whose facts are not current (an access change is being loaded) is left as it is, or
         held when `hold_unknown` (its channel's scope just moved): nothing reaches it until
-        a re-check on current facts decides it.
+        a re-check on current facts decides it (the fan-out holds it too, on any push).
         """
         decisions: dict[int, Decision | None] = {}
         for viewer, sub in list(watch.subs.items()):

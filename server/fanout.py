@@ -3,7 +3,8 @@
 The engine never waits for a socket: viewers are handed frames through their `Outbox`, and
 only changes travel (a viewer's last digest is kept per subscription). A run or a card is
 one frame for everyone; a wall is filtered per user, on that user's current facts, and its
-frames are cached per user until the next read or access change.
+frames are cached per user until the next read or access change. Whatever the kind, nothing
+is pushed to a subscription whose user's facts are not current (`cleared`).
 """
 
 from __future__ import annotations
@@ -66,8 +67,20 @@ class Fanout:
         watch.wall_frames[user_id] = rendered
         return rendered
 
+    def cleared(self, sub: Subscription) -> bool:
+        """May anything be pushed to `sub` now? Not while its user's facts are in doubt.
+
+        Once an access change is notified (or the facts are otherwise not current), the
+        subscription is held until a re-check on facts loaded after it decides it: a state
+        written in the same transaction as a revocation must not travel before `end revoked`.
+        A granted subscription is the host's to revoke: never held here.
+        """
+        if not sub.held and not sub.granted and self.facts.current(sub.viewer.user_id) is None:
+            sub.held = True
+        return not sub.held
+
     def push_to(self, watch: Watch, sub: Subscription, rendered: Rendered | None) -> None:
-        if rendered is None or sub.held:
+        if rendered is None or not self.cleared(sub):
             return
         digest, frame = rendered
         if digest == sub.last_hash:
@@ -91,7 +104,7 @@ class Fanout:
         A held viewer stays until a re-check decides it (see `Engine._recheck_all`).
         """
         for viewer, sub in list(watch.subs.items()):
-            if sub.accepted and not sub.held:
+            if sub.accepted and self.cleared(sub):
                 self.push_to(watch, sub, self.frame_for(watch, viewer.user_id))
                 self.end(watch, viewer, "terminal")
 

@@ -119,6 +119,10 @@ class Listener:
         self.received += 1
         if self.drop is not None and self.drop(payload):
             return
+        if self.notify and notifications.is_access(payload):
+            # Doubt the facts as soon as it arrives, not at the window's end: a state read
+            # landing meanwhile may hold the revocation's transaction (see Fanout.cleared).
+            self.engine.doubt_access()
         if len(self._pending) < MAX_PENDING:
             self._pending.append(payload)
         else:
@@ -130,6 +134,11 @@ class Listener:
             loop = asyncio.get_running_loop()
             wait = max(0.0, self._last_wake + self.window - loop.time())
             self._flush = loop.call_later(wait, self._wake)
+
+    @property
+    def idle(self) -> bool:
+        """Every notification received so far has been handed to the engine."""
+        return self._flush is None
 
     def _on_relay(
         self,
@@ -154,3 +163,5 @@ class Listener:
             self.engine.recheck_now()
         if wakeup.channels:
             self.engine.wake_channels(wakeup.channels)
+        if wakeup.tenants or wakeup.workspaces:
+            self.engine.wake_scopes(wakeup.tenants, wakeup.workspaces)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from . import protocol
-from .channels import MAX_ID, Channel, Kind
+from .channels import MAX_ID, Channel, Kind, canonical_id
 
 # `pusher:error` codes (Pusher's published list) and the close codes that go with them.
 APP_NOT_FOUND: Final = 4001
@@ -96,10 +96,8 @@ def own_channel(name: str) -> Channel | None:
         return None
     kind_name, _, id_text = name[len(PRIVATE + OWN) :].partition(".")
     kind = _OWN_KINDS.get(kind_name)
-    if kind is None or not id_text.isascii() or not id_text.isdigit():
-        return None
-    number = int(id_text)
-    if not 0 < number <= MAX_ID:
+    number = canonical_id(id_text)  # `run.01` is no channel: its events would say `run.1`
+    if kind is None or number is None:
         return None
     return Channel(kind, number)
 

@@ -33,9 +33,22 @@ _RUN_COLUMNS = """
     (SELECT t_.name FROM tenants t_ WHERE t_.id = r.tenant_id) AS tenant_name
 """
 
-READ_RUNS = f"SELECT {_RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::bigint[])"
+# A run whose tenant or workspace is gone (deleted, or soft-deleted in attach mode) is gone
+# too: read as missing, never streamed with a null name. Primary-key lookups, like the names.
+_RUN_TENANT_EXISTS = (
+    "(r.tenant_id IS NULL OR EXISTS (SELECT 1 FROM tenants t_ WHERE t_.id = r.tenant_id))"
+)
+_RUN_IN_SCOPE = (
+    f"EXISTS (SELECT 1 FROM workspaces w_ WHERE w_.id = r.workspace_id) AND {_RUN_TENANT_EXISTS}"
+)
 
-# The tenant row (for scope) with its latest pack, if any.
+READ_RUNS = (
+    f"SELECT {_RUN_COLUMNS} FROM operation_runs r WHERE r.id = ANY($1::bigint[]) "
+    f"AND {_RUN_IN_SCOPE}"
+)
+
+# The tenant row (for scope) with its latest pack, if any; a tenant whose workspace is gone
+# is gone too.
 READ_PACK_CARDS = """
 SELECT t.id AS tenant_id, t.workspace_id, p.id, p.status, p.generated_at, p.expires_at,
        p.file_size, p.sha256, p.summary, p.created_at
@@ -47,22 +60,23 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) p ON true
 WHERE t.id = ANY($1::bigint[])
+  AND EXISTS (SELECT 1 FROM workspaces w_ WHERE w_.id = t.workspace_id)
 """
 
 # One row per run on a wall, plus one row with a NULL run id per existing workspace, so that
 # an empty wall is told apart from a missing workspace. Active runs, and runs completed
-# since $2; at most $3 of each kind per workspace.
+# since $2; at most $3 of each kind per workspace; none whose tenant is gone.
 READ_WALLS = f"""
 SELECT w.id AS wall_id, r.*
 FROM workspaces w
 LEFT JOIN LATERAL (
     (SELECT {_RUN_COLUMNS} FROM operation_runs r
-     WHERE r.workspace_id = w.id AND r.status IN ('queued', 'running')
+     WHERE r.workspace_id = w.id AND r.status IN ('queued', 'running') AND {_RUN_TENANT_EXISTS}
      ORDER BY r.created_at DESC LIMIT $3)
     UNION ALL
     (SELECT {_RUN_COLUMNS} FROM operation_runs r
      WHERE r.workspace_id = w.id AND r.completed_at >= $2
-       AND r.status NOT IN ('queued', 'running')
+       AND r.status NOT IN ('queued', 'running') AND {_RUN_TENANT_EXISTS}
      ORDER BY r.completed_at DESC LIMIT $3)
 ) r ON true
 WHERE w.id = ANY($1::bigint[])

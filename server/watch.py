@@ -37,8 +37,8 @@ class Subscription:
     granted: bool = False
     arrived: float = 0.0  # monotonic: its facts may be at most NEW_FACTS_AGE older
     after_read: int = 0  # the engine's read count when it arrived: a refusal needs a later read
-    # Its channel's scope moved and its user's facts are not current (an access change is
-    # being loaded): nothing is pushed to it until a re-check decides it.
+    # Its user's facts are not current (an access change was notified, or its channel's
+    # scope moved meanwhile): nothing is pushed to it until a re-check decides it.
     held: bool = False
 
 

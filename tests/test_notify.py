@@ -37,6 +37,13 @@ def test_payloads(payloads: list[str], channels: set[Channel], access: bool) -> 
     assert (wakeup.channels, wakeup.access) == (channels, access)
 
 
+def test_a_deleted_tenant_or_workspace_names_its_scope() -> None:
+    """The engine finds the runs in it (only it knows which runs those are)."""
+    wakeup = notifications.parse(["t:5", "w:3", "t:x", "p:6"])
+    assert (wakeup.tenants, wakeup.workspaces) == ({5}, {3})
+    assert notifications.parse(["w:3"]) and not notifications.parse(["zzz"])
+
+
 @pytest.fixture
 async def notified(database_dsn: str, clock: ManualClock) -> AsyncIterator[RunningServer]:
     async with running_server(database_dsn, clock=clock, notify=True) as running:
@@ -153,3 +160,17 @@ async def test_listener_reconnects_and_rereads_every_live_channel(
         assert listener.connects > connects
     finally:
         listener.drop = None
+
+
+async def test_a_deleted_tenant_ends_its_runs_gone_standalone(
+    notified: RunningServer, db: Factory, viewers: list[Viewer]
+) -> None:
+    """Standalone, deleting a tenant deletes its runs (ON DELETE CASCADE): `gone` at once."""
+    ws = await db.workspace()
+    tenant = await db.tenant(ws)
+    viewer = await notified.connect(await db.user(ws, "owner"))
+    viewers.append(viewer)
+    run = await db.run(ws, tenant, status="running")
+    assert (await viewer.subscribe(f"run:{run}"))["type"] == "state"
+    await db.execute("DELETE FROM tenants WHERE id = $1", tenant)
+    assert await viewer.recv(timeout=5) == {"type": "end", "ch": f"run:{run}", "reason": "gone"}

@@ -9,7 +9,7 @@ import pytest
 
 from opspush import protocol
 from opspush.auth import InvalidToken, mint_token, verify_token
-from opspush.channels import Channel, ChannelError, Kind, parse_channel
+from opspush.channels import Channel, ChannelError, Kind, canonical_id, parse_channel
 from opspush.outbox import Outbox
 from opspush.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
 
@@ -43,6 +43,9 @@ def test_parse_channel(name: str, channel: Channel) -> None:
         ("run:٣", "bad_request"),  # a non-ASCII digit
         ("run:99999999999999999999", "bad_request"),
         ("run:9223372036854775808", "bad_request"),
+        ("run:01", "bad_request"),  # one id, one spelling: frames would name `run:1`
+        ("review-pack:007", "bad_request"),
+        ("operations:00", "bad_request"),
         ("review-pack:", "bad_request"),
         ("run", "bad_request"),
         ("", "bad_request"),
@@ -59,6 +62,36 @@ def test_bad_channels(name: object, code: str) -> None:
     with pytest.raises(ChannelError) as raised:
         parse_channel(name)
     assert raised.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("1", 1),
+        ("42", 42),
+        ("10", 10),
+        ("9223372036854775807", 2**63 - 1),
+        ("01", None),  # a leading zero: the same id spelled twice
+        ("0042", None),
+        ("0", None),
+        ("00", None),
+        ("", None),
+        ("+1", None),
+        ("-1", None),
+        (" 1", None),
+        ("1 ", None),
+        ("1_000", None),
+        ("1e3", None),
+        ("٣", None),  # a non-ASCII digit
+        ("9223372036854775808", None),
+        ("0" * 30 + "1", None),
+        ("9" * 5000, None),  # never converted: longer than any id
+    ],
+)
+def test_canonical_ids(text: str, number: int | None) -> None:
+    assert canonical_id(text) == number
+    if number is not None:
+        assert str(number) == text  # the only spelling of it
 
 
 @pytest.mark.parametrize(

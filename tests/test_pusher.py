@@ -149,6 +149,28 @@ async def test_subscription_errors(
     assert good["event"] == "pusher_internal:subscription_succeeded"
 
 
+async def test_a_non_canonical_id_is_no_channel(
+    ps: RunningServer, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """`…run.01` names run 1 in another spelling; its events would say `…run.1`: 404,
+    signed in or not, however validly the host signed the name."""
+    ws = await db.workspace()
+    owner = await db.user(ws, "owner")
+    run = await db.run(ws, status="running")
+    client = host(ps)
+    for signed_in in (False, True):
+        socket = await _open(ps, sockets)
+        if signed_in:
+            assert (await signin(client, socket, owner))["event"] == "pusher:signin_success"
+        for name in (f"private-opspush.run.0{run}", f"private-opspush.operations.00{ws}"):
+            frame = await socket.subscribe(name, channel_auth(client, socket.socket_id, name))
+            assert frame["event"] == "pusher:subscription_error", (signed_in, frame)
+            assert frame["data"]["status"] == 404
+        canonical = f"private-opspush.run.{run}"
+        good = await socket.subscribe(canonical, channel_auth(client, socket.socket_id, canonical))
+        assert good["event"] == "pusher_internal:subscription_succeeded"
+
+
 async def test_client_events_bad_frames_and_a_flood(
     database_dsn: str, db: Factory, sockets: list[PusherSocket]
 ) -> None:

@@ -25,6 +25,9 @@ LIBRARY = pusher_library.Pusher(app_id="1", key=KEY, secret=SECRET)
         ("private-opspush.review-pack.5", Channel(Kind.REVIEW_PACK, 5)),
         ("private-opspush.operations.3", Channel(Kind.WALL, 3)),
         ("private-opspush.run.0", None),
+        ("private-opspush.run.01", None),  # events would come back on `…run.1`
+        ("private-opspush.review-pack.007", None),
+        ("private-opspush.operations.00", None),
         ("private-opspush.run.-1", None),
         ("private-opspush.run.1.2", None),
         ("private-opspush.run.99999999999999999999", None),

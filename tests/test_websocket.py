@@ -225,6 +225,20 @@ async def test_malformed_frames_get_errors_and_the_socket_stays_usable(
     assert (await viewer.subscribe(f"operations:{ws}"))["type"] == "state"
 
 
+async def test_a_non_canonical_id_is_refused(
+    server: RunningServer, db: Factory, viewers: list[Viewer]
+) -> None:
+    """`run:01` would watch run 1 with frames named `run:1`: refused, as a bad id is."""
+    ws = await db.workspace()
+    viewer = await server.connect(await db.user(ws, "owner"))
+    viewers.append(viewer)
+    run = await db.run(ws, status="running")
+    for ch in (f"run:0{run}", f"operations:00{ws}"):
+        frame = await viewer.subscribe(ch)
+        assert (frame["type"], frame["ch"], frame["code"]) == ("error", ch, "bad_request"), frame
+    assert (await viewer.subscribe(f"run:{run}"))["type"] == "state"
+
+
 async def test_subscription_limit(database_dsn: str, db: Factory) -> None:
     ws = await db.workspace()
     user = await db.user(ws, "owner")

@@ -185,11 +185,77 @@ async def test_a_soft_deleted_membership_revokes_and_a_soft_deleted_tenant_is_go
         "UPDATE tenants SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = $1", tenant
     )
     attached.engine.wake_all()
-    ended = await viewer.until(lambda f: is_end(f) and f["ch"] == f"review-pack:{tenant}")
-    assert ended["reason"] == "gone"
-    await console.remove_member(ws, operator)
-    ended = await viewer.until(lambda f: is_end(f) and f["ch"] == f"run:{run}")
-    assert ended["reason"] in ("revoked", "gone")  # the run's tenant is gone, and so is access
+    ends = set()
+    for _ in range(2):
+        end = await viewer.until(is_end)
+        ends.add((end["ch"], end["reason"]))
+    # The card's tenant is gone, and so is the run in it.
+    assert ends == {(f"review-pack:{tenant}", "gone"), (f"run:{run}", "gone")}
+    assert await viewer.closed() == 4000
+
+
+async def test_a_run_whose_tenant_is_soft_deleted_ends_gone(
+    notified: RunningServer, host: Host, viewers: list[Viewer]
+) -> None:
+    """The tenant's trigger wakes the runs in it and the walls listing them (clock still)."""
+    console = host.console
+    ws = await console.workspace()
+    kept, dropped = await console.tenant(ws), await console.tenant(ws)
+    operator = await console.user(ws, "operator", [kept, dropped])
+    runs = {t: await console.run(ws, t, status="running") for t in (kept, dropped)}
+    viewer = await notified.connect(operator)
+    viewers.append(viewer)
+    assert (await viewer.subscribe(f"run:{runs[dropped]}"))["type"] == "state"
+    wall = await viewer.subscribe(f"operations:{ws}")
+    assert sorted(r["id"] for r in wall["data"]["runs"]) == sorted(runs.values())
+    await host.pool.execute(
+        "UPDATE tenants SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = $1", dropped
+    )
+    frames = [await viewer.recv(timeout=5), await viewer.recv(timeout=5)]
+    assert {"type": "end", "ch": f"run:{runs[dropped]}", "reason": "gone"} in frames, frames
+    (refiltered,) = [f for f in frames if f["ch"] == f"operations:{ws}"]
+    assert [r["id"] for r in refiltered["data"]["runs"]] == [runs[kept]]
+
+
+async def test_a_soft_deleted_workspace_ends_its_runs_and_cards_gone(
+    notified: RunningServer, host: Host, viewers: list[Viewer]
+) -> None:
+    console = host.console
+    ws = await console.workspace()
+    tenant = await console.tenant(ws)
+    operator = await console.user(ws, "operator", [tenant])
+    run = await console.run(ws, tenant, status="running")
+    await console.pack(ws, tenant)
+    viewer = await notified.connect(operator)
+    viewers.append(viewer)
+    channels = [f"run:{run}", f"review-pack:{tenant}", f"operations:{ws}"]
+    for ch in channels:
+        assert (await viewer.subscribe(ch))["type"] == "state"
+    await host.pool.execute(
+        "UPDATE workspaces SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = $1", ws
+    )
+    ends = [await viewer.until(is_end, timeout=5) for _ in channels]
+    assert {(end["ch"], end["reason"]) for end in ends} == {(ch, "gone") for ch in channels}
+    assert await viewer.closed() == 4000
+
+
+async def test_a_run_whose_tenant_is_soft_deleted_ends_gone_by_the_tick(
+    attached: RunningServer, host: Host, viewers: list[Viewer]
+) -> None:
+    """Without its trigger's wake-up, the run's next read finds it gone: never a state with
+    a null `tenant_name`."""
+    console = host.console
+    ws = await console.workspace()
+    tenant = await console.tenant(ws)
+    operator = await console.user(ws, "operator", [tenant])
+    run = await console.run(ws, tenant, status="running")  # read every second
+    viewer = await attached.connect(operator)
+    viewers.append(viewer)
+    assert (await viewer.subscribe(f"run:{run}"))["data"]["tenant_name"] is not None
+    await host.pool.execute(
+        "UPDATE tenants SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = $1", tenant
+    )
+    assert await viewer.recv() == {"type": "end", "ch": f"run:{run}", "reason": "gone"}
     assert await viewer.closed() == 4000
 
 
