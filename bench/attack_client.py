@@ -124,6 +124,9 @@ class Outcome:
         }
 
 
+ATTACKER_ADDRESS = "127.0.0.2"
+
+
 def ready() -> None:
     print("ready", flush=True)
 
@@ -132,6 +135,9 @@ async def connect(port: int, rcvbuf: int | None = None, timeout: float = 5.0) ->
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    # The attacker is a client of its own: another loopback address than the witness's and
+    # the probes', so the per-address limits count it apart, as they would on a network.
+    sock.bind((ATTACKER_ADDRESS, 0))
     sock.setblocking(False)
     try:
         await asyncio.wait_for(
