@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 
 import asyncpg
 
 from . import attach
-from .config import ConfigError, default_data_dir
+from .config import ConfigError
 from .mapping import Mapping, MappingError, load
 
 EXIT_UNUSABLE = 2
@@ -24,13 +22,13 @@ def _mapping(path: str) -> Mapping:
         raise ConfigError(str(error)) from None
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     print(line, flush=True)
 
 
 def attach_command(dsn: str, config: str, *, check: bool, triggers: bool) -> int:
     mapping = _mapping(config)
-    return asyncio.run(_attach(dsn, mapping, check=check, triggers=triggers, say=_say))
+    return asyncio.run(_attach(dsn, mapping, check=check, triggers=triggers, say=say))
 
 
 async def _attach(
@@ -71,8 +69,8 @@ def detach_command(dsn: str, config: str) -> int:
     async def go() -> int:
         db = await asyncpg.connect(dsn)
         try:
-            if not await attach.detach(db, mapping, say=_say):
-                _say(f"schema {mapping.schema} does not exist: nothing to detach")
+            if not await attach.detach(db, mapping, say=say):
+                say(f"schema {mapping.schema} does not exist: nothing to detach")
         except attach.Refused as refused:
             for problem in refused.report.problems:
                 print(f"error: {problem}", file=sys.stderr)
@@ -82,29 +80,3 @@ def detach_command(dsn: str, config: str) -> int:
         return 0
 
     return asyncio.run(go())
-
-
-def demo_attach(args: argparse.Namespace) -> int:
-    """The demo in attach mode: a Laravel-shaped console database, seeded and kept moving
-    by a simulator writing its tables, attached with triggers, served by a least-privilege
-    role that may read only opspush's views."""
-    from . import host_demo
-    from .cli import _demo_links, _settings, configure_logging, database, demo_secret, run_server
-
-    env = dict(os.environ)
-    env.setdefault(
-        "OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo-attach")
-    )
-    if not env.get("OPSPUSH_SECRET"):  # kept beside the data: the links survive a restart
-        env["OPSPUSH_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"])
-    env["OPSPUSH_CONFIG"] = str(host_demo.MAPPING)
-    settings = _settings(args, env)
-    configure_logging(settings.log_level)
-    with database(settings) as admin_dsn:
-        host = asyncio.run(host_demo.prepare(admin_dsn, say=_say))
-        run_server(
-            settings,
-            host.serving_dsn,
-            extra=host_demo.startup(settings, host, links=_demo_links),
-        )
-    return 0

