@@ -23,6 +23,7 @@ from .config import Settings
 from .headers import SecurityHeaders
 from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
 from .pusher_api import batch_events_endpoint, events_endpoint, terminate_endpoint
+from .pusher_hub import PusherHub
 from .pusher_socket import pusher_endpoint
 from .resources import static_dir
 from .service import Service
@@ -52,6 +53,8 @@ def create_app(
     `shared_metrics`: this is one worker of several, and /metrics shows them all.
     """
     service = Service(settings, dsn, clock=clock)
+    if settings.pusher is not None:
+        service.pusher_hub = PusherHub(terminate_user=service.terminate_user)
 
     def open_sockets() -> int:
         return len(service.sessions)

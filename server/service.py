@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
@@ -21,9 +21,11 @@ from .clock import Clock
 from .config import Settings
 from .engine import Engine
 from .listener import Listener
-from .pusher_hub import PusherHub
 from .stats import EngineStats
 from .storage import Storage, create_pool
+
+if TYPE_CHECKING:
+    from .pusher_hub import PusherHub  # the Pusher dialect's: it sits above the service
 
 
 class Session(Protocol):
@@ -60,10 +62,9 @@ class Service:
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
         self.listener: Listener | None = None
-        # The host's own channels and events (the Pusher HTTP API), when configured.
-        self.pusher_hub = (
-            PusherHub(terminate_user=self.terminate_user) if settings.pusher is not None else None
-        )
+        # The host's own channels and events (the Pusher HTTP API), when configured: set by
+        # the app that mounts the Pusher endpoint (app.py), before `start`.
+        self.pusher_hub: PusherHub | None = None
 
     @property
     def engine(self) -> Engine:
