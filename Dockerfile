@@ -39,7 +39,7 @@ COPY server ./server
 COPY sql ./sql
 COPY static ./static
 RUN pip install --no-deps . \
-    && python -c "import opspush.cli"
+    && python -c "import opspush.commands.cli"
 
 ############################ runtime ############################
 FROM ${PYTHON_IMAGE} AS runtime

@@ -27,12 +27,12 @@ import asyncpg
 import uvicorn
 import websockets
 
-from opspush import attach, host_demo
 from opspush.app import create_app
-from opspush.auth import mint_token
+from opspush.attach import attach, host_demo
+from opspush.commands.runner import uvicorn_config
 from opspush.config import Settings
-from opspush.mapping import load, quote
-from opspush.runner import uvicorn_config
+from opspush.core.auth import mint_token
+from opspush.database.mapping import load, quote
 
 SECRET = secrets.token_urlsafe(32)
 
@@ -121,7 +121,7 @@ async def main(samples: int) -> None:
     if not url:
         import tempfile
 
-        from opspush import embedded
+        from opspush.database import embedded
 
         server = embedded.start(tempfile.mkdtemp(prefix="opspush-latency-"), delete_on_stop=True)
         url = server.dsn

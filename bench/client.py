@@ -393,7 +393,7 @@ class Client:
 
     def token(self, user: int) -> str:
         if user not in self.tokens:
-            from opspush.auth import mint_token
+            from opspush.core.auth import mint_token
 
             self.tokens[user] = mint_token(user, SECRET, ttl=6 * 3600)
         return self.tokens[user]

@@ -270,8 +270,8 @@ async def wait_healthy(port: int, server: Any) -> None:
 
 async def state_frame_template(dsn: str, run: int) -> str:
     """opspush's own state frame for the run, with its counter as `{seq}`."""
-    from opspush import protocol, views
-    from opspush.storage import Storage, create_pool
+    from opspush.core import protocol, views
+    from opspush.database.storage import Storage, create_pool
 
     pool = await create_pool(dsn, 1)
     try:

@@ -39,7 +39,7 @@ class Counter:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from opspush.auth import mint_token
+    from opspush.core.auth import mint_token
 
     loop = asyncio.get_running_loop()
     hello = json.dumps({"op": "hello", "token": mint_token(args.user, SECRET, ttl=3600)})

@@ -69,7 +69,7 @@ def postgres(work: Path) -> Any:
     if url:
         yield url, None
         return
-    from opspush import embedded
+    from opspush.database import embedded
 
     data = work / f"pgdata-{os.getpid()}"
     if data.exists():
@@ -82,7 +82,7 @@ def postgres(work: Path) -> Any:
 
 
 async def prepare_database(admin_dsn: str) -> str:
-    from opspush.migrations import create_database
+    from opspush.database.migrations import create_database
 
     return await create_database(admin_dsn, BENCH_DB, replace=True)
 

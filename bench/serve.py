@@ -41,7 +41,7 @@ def main() -> int:
     pin(parse_cpus(args.cpus))
     if os.environ.get("BENCH_GC_LOG"):
         _log_gc()
-    from opspush.cli import main as opspush
+    from opspush.commands.cli import main as opspush
 
     argv = ["serve", "--host", "127.0.0.1", "--port", str(args.port)]
     return opspush([*argv, "--workers", str(args.workers)] if args.workers > 1 else argv)

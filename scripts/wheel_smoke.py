@@ -17,11 +17,11 @@ from typing import Any
 import asyncpg
 
 import opspush
-from opspush.auth import mint_token
 from opspush.client import connect
-from opspush.demo import Simulator, seed
-from opspush.migrations import with_database
-from opspush.storage import create_pool
+from opspush.commands.demo import Simulator, seed
+from opspush.core.auth import mint_token
+from opspush.database.migrations import with_database
+from opspush.database.storage import create_pool
 
 SECRET = "wheel-smoke-secret-wheel-smoke-secret"
 DATABASE = "opspush_wheel_smoke"
@@ -45,7 +45,7 @@ async def database() -> AsyncIterator[str]:
             await connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
             await connection.close()
         return
-    from opspush import embedded
+    from opspush.database import embedded
 
     with tempfile.TemporaryDirectory() as data:
         server = embedded.start(Path(data) / "pgdata", delete_on_stop=True)

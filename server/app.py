@@ -15,21 +15,21 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import metrics
-from .asgi_socket import KeepServerSend
-from .channels import valid_id
-from .clock import Clock
 from .config import Settings
-from .headers import SecurityHeaders
-from .http_api import IdConvertor, review_pack_endpoint, run_endpoint
-from .pusher_api import batch_events_endpoint, events_endpoint, terminate_endpoint
-from .pusher_hub import PusherHub
-from .pusher_socket import pusher_endpoint
+from .core.channels import valid_id
+from .core.clock import Clock
+from .pusher.api import batch_events_endpoint, events_endpoint, terminate_endpoint
+from .pusher.asgi import KeepServerSend
+from .pusher.hub import PusherHub
+from .pusher.websocket import pusher_endpoint
 from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
+from .web import metrics
+from .web.headers import SecurityHeaders
+from .web.http_api import IdConvertor, review_pack_endpoint, run_endpoint
 
-register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (http_api.py)
+register_url_convertor("id", IdConvertor())  # {name:id}: a bigint id (web/http_api.py)
 
 METRICS_PUBLISH_SECONDS = 1.0
 

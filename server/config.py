@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 from urllib.parse import urlsplit
 
-from .proxy import Network
+from .core.proxy import Network
 
 MIN_SECRET_LENGTH: Final = 32
 MIN_METRICS_TOKEN_LENGTH: Final = 16
@@ -178,7 +178,7 @@ def default_data_dir() -> str:
 
 def attach_schema(path: str) -> str:
     """opspush's schema named by a mapping file (validated whole: a bad file stops start-up)."""
-    from .mapping import MappingError, load
+    from .database.mapping import MappingError, load
 
     try:
         return load(path).schema

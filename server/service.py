@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
-from . import protocol, proxy
-from .clock import Clock
 from .config import Settings
-from .engine import Engine
-from .listener import Listener
-from .stats import EngineStats
-from .storage import Storage, create_pool
+from .core import protocol, proxy
+from .core.clock import Clock
+from .database.storage import Storage, create_pool
+from .engine.engine import Engine
+from .engine.listener import Listener
+from .engine.stats import EngineStats
 
 if TYPE_CHECKING:
-    from .pusher_hub import PusherHub  # the Pusher dialect's: it sits above the service
+    from .pusher.hub import PusherHub  # the Pusher dialect's: it sits above the service
 
 
 class Session(Protocol):
@@ -104,7 +104,7 @@ class Service:
             self.listener.start()
 
     async def _announce_attach(self, schema: str) -> None:
-        from .attach import triggers_installed
+        from .attach.attach import triggers_installed
 
         triggers = await triggers_installed(self.pool, schema)
         if triggers and self.settings.notify:
@@ -199,7 +199,7 @@ class Service:
         return self._admission.allow(time.monotonic())
 
     def client_address(self, peer: str | None, forwarded_for: list[str]) -> str:
-        """The address the per-address limit counts: see proxy.py (OPSPUSH_TRUST_PROXY)."""
+        """The address the per-address limit counts: see core/proxy.py (OPSPUSH_TRUST_PROXY)."""
         return proxy.client_address(peer, forwarded_for, self.settings.trusted_proxies)
 
     def track_address(self, address: str) -> contextlib.AbstractContextManager[bool]:

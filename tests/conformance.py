@@ -39,9 +39,9 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from opspush.app import create_app
+from opspush.commands.runner import uvicorn_config
 from opspush.config import Settings
-from opspush.connection import FrameConnection, FrameLimits
-from opspush.runner import uvicorn_config
+from opspush.web.connection import FrameConnection, FrameLimits
 from tests.conftest import free_socket
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
@@ -101,7 +101,7 @@ async def database() -> AsyncIterator[str]:
     if url:
         yield url
         return
-    from opspush import embedded
+    from opspush.database import embedded
 
     folder = tempfile.mkdtemp(prefix="opspush-conformance-pg-")
     server = embedded.start(os.path.join(folder, "data"), delete_on_stop=True)

@@ -26,14 +26,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from opspush.app import create_app
-from opspush.auth import mint_token
-from opspush.clock import Clock, ManualClock
+from opspush.commands.runner import uvicorn_config
 from opspush.config import Settings
-from opspush.engine import Engine
-from opspush.migrations import create_database
-from opspush.runner import uvicorn_config
+from opspush.core.auth import mint_token
+from opspush.core.clock import Clock, ManualClock
+from opspush.database.migrations import create_database
+from opspush.database.storage import create_pool
+from opspush.engine.engine import Engine
 from opspush.service import Service
-from opspush.storage import create_pool
 from tests.factories import Factory
 
 SECRET = "opspush-test-secret-0123456789abcdef"
@@ -46,7 +46,7 @@ def postgres_server() -> Iterator[dict[str, Any]]:
     if url:
         yield {"dsn": url, "embedded": None}
         return
-    from opspush import embedded
+    from opspush.database import embedded
 
     # A folder of our own: pytest's numbered temp folders are shared between concurrent runs.
     folder = tempfile.mkdtemp(prefix="opspush-test-pg-")
@@ -186,7 +186,7 @@ async def running_server(
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """A real uvicorn server in this process; `port` 0 picks a free one; `http_base`, an
-    HTTP parser other than uvicorn's "auto" choice (deadline.py)."""
+    HTTP parser other than uvicorn's "auto" choice (web/deadline.py)."""
     settings = test_settings(**overrides)
     app = create_app(settings, dsn, clock=clock)
     sock = free_socket(port)

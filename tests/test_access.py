@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opspush.access import (
+from opspush.core.access import (
     CapabilityTable,
     RunScope,
     TenantScope,

@@ -9,8 +9,8 @@ import jwt
 import pytest
 import websockets
 
-from opspush.auth import ALGORITHM, InvalidToken, mint_token, verify_token
 from opspush.config import ConfigError, Settings
+from opspush.core.auth import ALGORITHM, InvalidToken, mint_token, verify_token
 from tests.conftest import SECRET, RunningServer, Viewer, running_server
 from tests.factories import Factory
 
@@ -138,7 +138,7 @@ async def test_a_long_lived_channels_token_is_refused_with_4401(
 def test_the_token_command_mints_a_channels_token(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from opspush.cli import main
+    from opspush.commands.cli import main
 
     monkeypatch.setenv("OPSPUSH_SECRET", SECRET)
     monkeypatch.delenv("OPSPUSH_CONFIG", raising=False)

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 
 from opspush import __version__ as opspush_version
-from opspush.auth import verify_token
-from opspush.cli import demo_secret
+from opspush.commands.cli import demo_secret
 from opspush.config import ConfigError, Settings
-from opspush.migrations import discover, migrate
+from opspush.core.auth import verify_token
+from opspush.database.migrations import discover, migrate
 from tests.conftest import free_socket
 
 
@@ -27,7 +27,7 @@ def opspush(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
     clean.pop("DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "opspush.cli", *args],
+        [sys.executable, "-m", "opspush.commands.cli", *args],
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,
@@ -105,7 +105,7 @@ def test_edge_settings_defaults_and_parsing() -> None:
 def password_database() -> Iterator[str]:
     """A PostgreSQL of its own that checks passwords (the suite's trusts every local user):
     the socket folder; user `opspush_pw` has the password `right-password`."""
-    from opspush import embedded
+    from opspush.database import embedded
 
     folder = tempfile.mkdtemp(prefix="opspush-test-pw-")
     server = embedded.start(os.path.join(folder, "data"), delete_on_stop=True)

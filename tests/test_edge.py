@@ -8,12 +8,12 @@ import logging
 
 import pytest
 
-from opspush import metrics
-from opspush.channels import MAX_ID, valid_id
-from opspush.headers import content_security_policy, security_headers
-from opspush.http_api import IdConvertor
-from opspush.proxy import Network, client_address
-from opspush.runner import REDACTED, RedactSecrets
+from opspush.commands.runner import REDACTED, RedactSecrets
+from opspush.core.channels import MAX_ID, valid_id
+from opspush.core.proxy import Network, client_address
+from opspush.web import metrics
+from opspush.web.headers import content_security_policy, security_headers
+from opspush.web.http_api import IdConvertor
 
 NGINX = [ipaddress.ip_network("10.0.0.5"), ipaddress.ip_network("172.16.0.0/12")]
 LOOPBACK = [ipaddress.ip_network("127.0.0.1")]

@@ -15,8 +15,8 @@ from datetime import timedelta
 
 import pytest
 
-from opspush.channels import Channel, Kind
-from opspush.clock import ManualClock
+from opspush.core.channels import Channel, Kind
+from opspush.core.clock import ManualClock
 from tests.conftest import RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 

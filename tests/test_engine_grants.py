@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opspush.channels import Channel, Kind
-from opspush.clock import ManualClock
-from opspush.engine import Engine
-from opspush.outbox import Outbox
-from opspush.storage import Storage
+from opspush.core.channels import Channel, Kind
+from opspush.core.clock import ManualClock
+from opspush.database.storage import Storage
+from opspush.engine.engine import Engine
+from opspush.engine.outbox import Outbox
 from tests.factories import Factory
 
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import pytest
 
-from opspush import notifications
-from opspush.channels import Channel, Kind
-from opspush.clock import ManualClock
+from opspush.core.channels import Channel, Kind
+from opspush.core.clock import ManualClock
+from opspush.database import notifications
 from tests.conftest import RunningServer, Viewer, running_server
 from tests.factories import Factory
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import websockets
 
-from opspush.auth import mint_token
+from opspush.core.auth import mint_token
 from tests.conftest import SECRET, Viewer, free_socket, running_server
 from tests.factories import Factory
 
@@ -30,7 +30,7 @@ async def opspush_process(
     sock.close()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "opspush.cli", "serve", "--port", str(port),
+        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port),
         env={**clean, "DATABASE_URL": dsn, "OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "1",
              "OPSPUSH_LOG_LEVEL": "info", **env},
         stderr=asyncio.subprocess.PIPE,

@@ -7,11 +7,11 @@ import json
 import jwt
 import pytest
 
-from opspush import protocol
-from opspush.auth import InvalidToken, mint_token, verify_token
-from opspush.channels import Channel, ChannelError, Kind, canonical_id, parse_channel
-from opspush.outbox import Outbox
-from opspush.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
+from opspush.core import protocol
+from opspush.core.auth import InvalidToken, mint_token, verify_token
+from opspush.core.channels import Channel, ChannelError, Kind, canonical_id, parse_channel
+from opspush.core.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
+from opspush.engine.outbox import Outbox
 
 SECRET = "s" * 32
 CLAIMS = {"sub": "7", "exp": 5000}

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from pusher.signature import sign
 
-from opspush import pusher
+from opspush.pusher import protocol as pusher
 from tests.conftest import RunningServer, Viewer
 from tests.factories import Factory
 from tests.pusher_support import APP, PusherSocket, channel_auth, host, pusher_server, signin

@@ -9,10 +9,10 @@ import pusher as pusher_library
 import pytest
 from pusher.http import Request
 
-from opspush import pusher
-from opspush.channels import Channel, Kind
 from opspush.config import ConfigError, Settings
-from opspush.pusher_relay import CHUNK, Reassembler, chunks
+from opspush.core.channels import Channel, Kind
+from opspush.database.relay import CHUNK, Reassembler, chunks
+from opspush.pusher import protocol as pusher
 
 KEY, SECRET = "key", "secret-0123456789abcdef"
 LIBRARY = pusher_library.Pusher(app_id="1", key=KEY, secret=SECRET)

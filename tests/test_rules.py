@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opspush import rules
+from opspush.core import rules
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 

@@ -15,9 +15,9 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 import opspush
-from opspush.auth import mint_token
-from opspush.clock import ManualClock
-from opspush.connection import wire_text
+from opspush.core.auth import mint_token
+from opspush.core.clock import ManualClock
+from opspush.web.connection import wire_text
 from tests.conftest import SECRET, RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 
@@ -528,7 +528,7 @@ async def test_reconnect_storm_is_admitted_at_a_bounded_rate(
 async def test_idle_viewers_hold_no_task_and_a_state_is_encoded_once_for_all(
     manual: RunningServer, clock: ManualClock, db: Factory, viewers: list[Viewer]
 ) -> None:
-    """The fan-out's design (websocket.py): no task per idle socket, and a state frame
+    """The fan-out's design (web/websocket.py): no task per idle socket, and a state frame
     serialized once per channel however many viewers it goes to."""
     ws = await db.workspace()
     user = await db.user(ws, "owner")

@@ -21,9 +21,9 @@ import psutil
 import pytest
 import websockets
 
-from opspush import descriptors
-from opspush.descriptors import Capacity, planned_soft_limit, shortfall
-from opspush.metrics import merge
+from opspush.commands import descriptors
+from opspush.commands.descriptors import Capacity, planned_soft_limit, shortfall
+from opspush.web.metrics import merge
 from tests.conftest import SECRET, Viewer, free_socket
 from tests.factories import Factory
 from tests.test_processes import connect
@@ -114,7 +114,7 @@ async def serve(dsn: str, *args: str, preexec: object = None, **env: str) -> Asy
     sock.close()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "opspush.cli", "serve", "--port", str(port), *args,
+        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port), *args,
         env={**clean, "DATABASE_URL": dsn, "OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "1",
              "OPSPUSH_LOG_LEVEL": "info", "OPSPUSH_DRAIN_SECONDS": "3", **env},
         stderr=asyncio.subprocess.PIPE,

@@ -20,9 +20,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opspush import attach
-from opspush.host_demo import MAPPING, Console, as_role, create_host, create_serving_role
-from opspush.mapping import Mapping, load, quote
+from opspush.attach import attach
+from opspush.attach.host_demo import MAPPING, Console, as_role, create_host, create_serving_role
+from opspush.database.mapping import Mapping, load, quote
 from tests.conftest import RunningServer, running_server
 
 PG15_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"

@@ -13,15 +13,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opspush import attach
-from opspush.host_demo import MAPPING, create_host
-from opspush.mapping import DOMAIN, load, quote
+from opspush.attach import attach
+from opspush.attach.host_demo import MAPPING, create_host
+from opspush.database.mapping import DOMAIN, load, quote
 from tests.attach.conftest import Host, dump_schema, pg_dump
 
 
 def opspush(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "opspush.cli", *args],
+        [sys.executable, "-m", "opspush.commands.cli", *args],
         env=env,
         capture_output=True,
         text=True,

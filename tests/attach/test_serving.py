@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opspush import host_demo
-from opspush.clock import ManualClock
+from opspush.attach import host_demo
+from opspush.core.clock import ManualClock
 from tests.attach.conftest import Host, attached_server
 from tests.conftest import RunningServer, Viewer, running_server
 from tests.reliability.conftest import wait_until

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from opspush.headers import security_headers
+from opspush.web.headers import security_headers
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from opspush.channels import Channel, Kind
-from opspush.clock import ManualClock
+from opspush.core.channels import Channel, Kind
+from opspush.core.clock import ManualClock
 from tests.conftest import RunningServer, running_server, step
 from tests.factories import Factory
 

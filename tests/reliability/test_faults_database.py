@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from opspush.channels import Channel, Kind
+from opspush.core.channels import Channel, Kind
 from tests.conftest import RunningServer, Viewer, running_server
 from tests.factories import Factory
 from tests.reliability.conftest import Counts, assert_no_leak, counts, wait_until, watch_logs

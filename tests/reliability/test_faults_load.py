@@ -10,7 +10,7 @@ from typing import Any
 
 import websockets
 
-from opspush import protocol
+from opspush.core import protocol
 from tests.conftest import running_server
 from tests.factories import Factory
 from tests.reliability.conftest import assert_no_leak, counts, wait_until, watch_logs

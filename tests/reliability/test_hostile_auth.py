@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from opspush import protocol
+from opspush.core import protocol
 from tests.conftest import SECRET, running_server
 from tests.factories import Factory
 from tests.reliability.conftest import assert_no_leak, counts, wait_until, watch_logs

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import websockets
 
-from opspush import protocol
-from opspush.channels import MAX_ID
+from opspush.core import protocol
+from opspush.core.channels import MAX_ID
 from tests.conftest import running_server
 from tests.factories import Factory
 from tests.reliability.conftest import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from opspush.deadline import MAX_HEAD_BYTES, H11Guarded, HttpToolsGuarded
+from opspush.web.deadline import MAX_HEAD_BYTES, H11Guarded, HttpToolsGuarded
 from tests.conftest import RunningServer, running_server
 from tests.factories import Factory
 from tests.pusher_support import APP

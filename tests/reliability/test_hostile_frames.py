@@ -19,8 +19,8 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from opspush import protocol
-from opspush.channels import MAX_ID, Channel, ChannelError, Kind, parse_channel
+from opspush.core import protocol
+from opspush.core.channels import MAX_ID, Channel, ChannelError, Kind, parse_channel
 from tests.conftest import running_server
 from tests.factories import Factory
 from tests.reliability.conftest import assert_no_leak, counts, watch_logs

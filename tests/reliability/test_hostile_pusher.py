@@ -16,7 +16,7 @@ import httpx
 import websockets
 from pusher.signature import sign
 
-from opspush import pusher
+from opspush.pusher import protocol as pusher
 from tests.factories import Factory
 from tests.pusher_support import APP, PusherSocket, channel_auth, host, pusher_server
 from tests.reliability.conftest import assert_no_leak, counts, watch_logs

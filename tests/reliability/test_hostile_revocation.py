@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from opspush import notifications
-from opspush.channels import parse_channel
-from opspush.clock import ManualClock
+from opspush.core.channels import parse_channel
+from opspush.core.clock import ManualClock
+from opspush.database import notifications
 from tests.attach.conftest import Host, attached_server
 from tests.attach.conftest import host as host  # the attach fixture, reused here
 from tests.conftest import RunningServer

@@ -24,11 +24,11 @@ import asyncpg
 import pytest
 import websockets
 
-from opspush.channels import Channel, Kind
-from opspush.clock import ManualClock
-from opspush.engine import Engine
-from opspush.stats import EngineStats
-from opspush.storage import AccessSnapshot, Storage
+from opspush.core.channels import Channel, Kind
+from opspush.core.clock import ManualClock
+from opspush.database.storage import AccessSnapshot, Storage
+from opspush.engine.engine import Engine
+from opspush.engine.stats import EngineStats
 from tests.conftest import RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 from tests.reliability.conftest import wait_until, watch_logs

@@ -1,0 +1,1 @@
+"""Attach mode: serving from views over the host application's own tables."""

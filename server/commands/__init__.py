@@ -1,0 +1,1 @@
+"""The `opspush` command and its processes: serve under uvicorn, workers, demo."""

@@ -1,0 +1,248 @@
+"""How opspush runs under uvicorn: one place, used by the CLI and by the tests alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import re
+import signal
+import socket
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from ..config import Settings
+from ..pusher.protocol import OVER_CAPACITY
+from ..web.connection import CLOSE_TIMEOUT, FrameLimits, ServerConnection, end_stream
+from ..web.deadline import BASE as HTTP_BASE
+from ..web.deadline import MAX_HEAD_BYTES, http_protocol
+from ..web.websocket import connection_factory
+
+# Headers whose values are credentials: never logged, at any level.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# A JWT (header.payload.signature, base64url, the header starting `{"`): a token, wherever
+# it turns up in a message.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+REDACTED = "[redacted]"
+
+if TYPE_CHECKING:
+    from ..web.metrics import SharedMetrics
+
+
+class RedactSecrets(logging.Filter):
+    """Keep tokens, cookies and Authorization headers out of every log line.
+
+    At DEBUG the websockets library traces every frame (hello tokens) and every handshake
+    header (Cookie, Authorization) on uvicorn's logger: frame traces are dropped, secret
+    headers keep their name only, and anything shaped like a JWT is masked.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.DEBUG and record.msg in ("< %s", "> %s"):
+            return False
+        args = record.args
+        if (
+            record.msg in ("< %s: %s", "> %s: %s")
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and str(args[0]).lower() in SECRET_HEADERS
+        ):
+            record.args = (args[0], REDACTED)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report, not ours
+            return True
+        if "eyJ" in message:
+            masked = _JWT.sub(REDACTED, message)
+            if masked != message:
+                record.msg, record.args = masked, ()
+        return True
+
+
+# The loggers that trace handshakes and frames: uvicorn's (its websockets-sansio protocol
+# logs on "uvicorn.error") and the websockets library's own.
+REDACTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
+
+
+def redact_logs() -> None:
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's Sans-I/O WebSocket protocol (the Pusher endpoint) on our
+    `ServerConnection`: the same frame limits as `/ws`."""
+
+    limits: FrameLimits  # set per server by `websocket_protocol`
+    failed = False  # the parser failed the connection (handle_parser_exception ran)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.__class__ = ServerConnection  # same state, the limits on top
+        cast(ServerConnection, self.conn).limit(self.limits, lambda: not self.writable.is_set())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cast(ServerConnection, self.conn).release()
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, but with a lingering close (`end_stream`): a flooder's close frame is
+        not lost to a reset; and a peer that reads nothing is reset after CLOSE_TIMEOUT."""
+        if self.failed:
+            return  # data that came after the failure (the FIN is out; reading stops)
+        self.failed = True
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code,
+                               "reason": close.reason})  # fmt: skip
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        end_stream(self.transport, read=False)
+        self.loop.call_later(CLOSE_TIMEOUT, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
+
+
+def websocket_protocol(settings: Settings) -> type[WebSocketProtocol]:
+    limits = FrameLimits(
+        settings.frame_rate, settings.frame_burst, settings.max_fragments, OVER_CAPACITY
+    )
+    return type("WebSocketProtocol", (WebSocketProtocol,), {"limits": limits})
+
+
+class _InvalidUtf8AtInfo(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 at ERROR with a traceback; it is the
+    client's mistake (closed with 1007), so one line at INFO like the others."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "a text frame was not valid UTF-8: closed with 1007", None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def uvicorn_config(
+    app: Starlette,
+    settings: Settings,
+    websocket_paths: dict[str, Callable[..., asyncio.Protocol]] | None = None,
+    *,
+    http_base: type[asyncio.Protocol] | None = None,
+) -> uvicorn.Config:
+    """How `opspush serve` runs the app; `websocket_paths` adds upgrade paths served by
+    protocols of their own beside `/ws` (the conformance suite's echo); `http_base` picks
+    an HTTP parser other than uvicorn's "auto" choice (the tests run both)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # The websockets library's Sans-I/O core: no task per connection, backpressure on
+        # send, pings, and the frame size limit (larger frames close with 1009).
+        # A request that never completes (slowloris), a head past 32 KiB, or too many HTTP
+        # connections from one address are closed (web/deadline.py).
+        # `/ws` is served by web/websocket.py on the same websockets core, without ASGI.
+        http=http_protocol(
+            settings.hello_timeout,
+            {
+                "/ws": connection_factory(lambda: getattr(app.state, "service", None)),
+                **(websocket_paths or {}),
+            },
+            max_per_address=settings.max_connections_per_address,
+            trusted_proxies=settings.trusted_proxies,
+            base=http_base or HTTP_BASE,
+        ),
+        # h11's own cap (16 KiB by default) would answer 400 and reset the connection
+        # before ours answers 431.
+        h11_max_incomplete_event_size=2 * MAX_HEAD_BYTES,
+        ws=websocket_protocol(settings),
+        ws_max_size=settings.max_frame_bytes,
+        # Compression costs ~30 KB per socket and the frames are small: off.
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_interval or None,
+        lifespan="on",
+        log_level=settings.log_level,
+        # X-Forwarded-For is read by Service.client_address (core/proxy.py), for the trusted
+        # proxies only; uvicorn's own reading would believe it by other rules.
+        proxy_headers=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
+        access_log=False,
+    )
+    redact_logs()  # uvicorn has configured its loggers by now
+    for name in ("uvicorn.error", "websockets"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _InvalidUtf8AtInfo) for f in logger.filters):
+            logger.addFilter(_InvalidUtf8AtInfo())
+    return config
+
+
+# Collect the youngest generation every 50,000 allocations rather than 700. With 10,000
+# sockets the heap holds millions of long-lived objects; at the default, the frames and
+# futures in flight at each of hundreds of young collections a second get promoted, which
+# triggers a full collection every few seconds: a 1 s pause of every socket (the p99).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """For a long-running server process (not the tests): fewer, cheaper collections."""
+    gc.collect()
+    gc.freeze()  # what start-up allocated (modules, classes) is never scanned again
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM it handled gracefully ends with exit 0.
+
+    uvicorn re-raises the signals it caught once it has shut down; for SIGTERM, the
+    orchestrator's ordinary "please stop", that turns a clean drain into exit 143. A worker
+    of `serve --workers` takes SIGINT the same way: Ctrl-C reaches the whole process group,
+    and the supervisor is the one that decides the exit status.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, worker: bool = False) -> None:
+        super().__init__(config)
+        self.quiet_signals = {signal.SIGTERM, signal.SIGINT} if worker else {signal.SIGTERM}
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig in self.quiet_signals:
+            with contextlib.suppress(AttributeError, ValueError):
+                self._captured_signals.remove(sig)
+
+
+def serve_app(
+    settings: Settings,
+    dsn: str,
+    *,
+    on_startup: Any = None,
+    extra_routes: list[Any] | None = None,
+    sockets: list[socket.socket] | None = None,
+    shared_metrics: SharedMetrics | None = None,
+) -> None:
+    """Build the app and serve it until a signal: one process, or one worker of several."""
+    from ..app import create_app
+
+    app = create_app(
+        settings,
+        dsn,
+        on_startup=on_startup,
+        extra_routes=extra_routes,
+        shared_metrics=shared_metrics,
+    )
+    tune_gc()
+    Server(uvicorn_config(app, settings), worker=sockets is not None).run(sockets=sockets)

@@ -1,0 +1,1 @@
+"""PostgreSQL: the batched reads, notifications, migrations, the embedded server."""

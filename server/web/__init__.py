@@ -1,0 +1,1 @@
+"""The web edge: `/ws`, the frame layer, the HTTP reads, headers, deadlines, metrics."""
