@@ -36,7 +36,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -49,23 +48,21 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from bench.attack_client import ATTACKS
-from bench.common import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, SECRET, raise_fd_limit
+from bench.common import (
+    PUSHER_APP_ID,
+    PUSHER_KEY,
+    PUSHER_SECRET,
+    SECRET,
+    free_port,
+    log,
+    raise_fd_limit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("idle", *ATTACKS)
 WRITE_EVERY = 0.25  # the writer's period: the witness's normal wait
 PROBE_TIMEOUT = 2.0
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_database(dsn: str, name: str) -> str:

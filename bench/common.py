@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import resource
+import socket
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -13,6 +15,16 @@ WRITER_MARK = "/* bench-writer */"  # ends every writer statement, so they can b
 SECRET = "opspush-bench-secret-0123456789abcdef0123"
 # The Pusher app of the `pusher` mode (OPSPUSH_PUSHER_*): the same viewers over /app/{key}.
 PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET = "bench", "bench-key", "bench-pusher-secret-0123456789"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def raise_fd_limit(wanted: int = 65536) -> int:

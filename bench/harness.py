@@ -20,7 +20,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from bench.common import (
     PUSHER_SECRET,
     SECRET,
     WRITER_MARK,
+    free_port,
+    log,
     parse_cpus,
     pin,
     raise_fd_limit,
@@ -48,16 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "opspush_bench"
 CLIENT_SOCKETS = 15_000  # at most this many viewers per load client process
 MODES = ("ticks", "notify", "pusher", "poll")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the database --------------------------------------------------------------------------
