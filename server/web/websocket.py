@@ -4,12 +4,9 @@ The frames a viewer sends are handled as they arrive (subscribing and its friend
 wait); an idle viewer therefore costs no task at all: the only one is the hello's, while
 its user's access facts load.
 
-Sending has no task either. The engine drops frames into the viewer's `Outbox`, which
-writes a state straight to the transport when nothing waits before it and the peer keeps
-up: the frame is encoded once per channel (`wire_text`, shared by all its viewers) and
-written without a task switch. When the peer reads slowly the transport pauses us; frames
-then wait in the outbox, states conflated per channel, until `drained` empties it; a peer
-that stays paused for the send timeout is closed with 4429 and its connection reset.
+Sending has no task either: see engine_socket.py (the outbox, backpressure and the send
+timeout, shared with the Pusher endpoint); a `/ws` viewer that reads nothing for the send
+timeout is closed with 4429 and its connection reset.
 """
 
 from __future__ import annotations
@@ -28,8 +25,7 @@ from ..core import protocol
 from ..core.auth import Identity, InvalidToken, verify_token
 from ..core.channels import Channel, Kind
 from ..core.protocol import CLOSE_TOO_MANY, ProtocolError
-from ..engine.outbox import Outbox
-from .connection import FrameConnection, FrameLimits, wire_text
+from .engine_socket import EngineSocket
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -39,44 +35,25 @@ log = logging.getLogger("opspush.websocket")
 CLOSE_TRY_AGAIN = 1013  # the database did not answer during the hello
 
 
-class ViewerConnection(FrameConnection):
+class ViewerConnection(EngineSocket):
     """One `/ws` socket, from the upgrade request to the end; the engine's Viewer."""
 
     def __init__(self, server_state: Any, *, service: Service) -> None:
-        settings = service.settings
-        limits = FrameLimits(
-            settings.frame_rate, settings.frame_burst, settings.max_fragments, CLOSE_TOO_MANY
-        )
-        super().__init__(
-            server_state,
-            max_size=settings.max_frame_bytes,
-            ping_interval=settings.ping_interval,
-            limits=limits,
-        )
-        self.service = service
-        self.settings = settings
+        super().__init__(server_state, service=service, too_many=CLOSE_TOO_MANY)
         self.identity: Identity | None = None
-        # Errors and ends are bounded by what the client may ask for; states by subscriptions.
-        self.outbox = Outbox(
-            2 * settings.max_subscriptions + settings.rate_burst,
-            wake=self._flush,
-            direct=self._send_now,
-        )
-        self.channels: set[Channel] = set()
-        self.limiter = protocol.RateLimiter(
-            settings.rate_per_second, settings.rate_burst, time.monotonic()
-        )
         self._backlog: list[Frame] = []  # frames that came during the hello's facts load
         self._hello: asyncio.Task[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # the hello's, or the send timeout
         self._expiry: asyncio.TimerHandle | None = None
-        self._holds: list[contextlib.AbstractContextManager[bool]] = []
 
     # -- the engine's Viewer ---------------------------------------------------------------
 
     @property
     def user_id(self) -> int | None:
         return None if self.identity is None else self.identity.user_id
+
+    @property
+    def sending(self) -> bool:
+        return self.identity is not None  # nothing goes out before the welcome
 
     def subscription_closed(self, ch: str, *, ended: bool) -> None:
         self.channels = {c for c in self.channels if c.name != ch}
@@ -102,7 +79,7 @@ class ViewerConnection(FrameConnection):
     def opened(self, request: Request) -> None:
         service = self.service
         address = service.client_address(self.peer, request.headers.get_all("x-forwarded-for"))
-        if not self._hold(service.track_address(address)) or not service.admit():
+        if not self.hold(service.track_address(address)) or not service.admit():
             self.close(protocol.CLOSE_TOO_MANY)
             return
         loop = asyncio.get_running_loop()
@@ -136,18 +113,7 @@ class ViewerConnection(FrameConnection):
         except ProtocolError as error:
             self._error(error.ch, error.code, error.message)
 
-    def blocked(self) -> None:
-        if self._deadline is None and self.identity is not None:
-            loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(self.settings.send_timeout, self._stalled)
-
-    def drained(self) -> None:
-        self._cancel_deadline()
-        self._flush()
-
     def close(self, code: int) -> None:
-        self._leave_engine()
-        self._cancel_deadline()
         if self._hello is not None and self.transport is not None and not self.gone:
             # Its answer no longer matters; the peer's close frame does.
             self._hello.cancel()
@@ -156,23 +122,19 @@ class ViewerConnection(FrameConnection):
         super().close(code)
 
     def ended(self) -> None:
-        for handle in (self._deadline, self._expiry):
-            if handle is not None:
-                handle.cancel()
-        self._deadline = self._expiry = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._hello is not None:
             self._hello.cancel()
-        self._leave_engine()
-        holds, self._holds = self._holds, []
-        for hold in reversed(holds):
-            hold.__exit__(None, None, None)
+        super().ended()
 
     # -- the hello -------------------------------------------------------------------------
 
     def _first_message(self, text: str | None) -> None:
         if self._hello is not None or self._deadline is None:
             return  # the hello is being decided, or the socket is closing
-        self._cancel_deadline()
+        self.cancel_deadline()
         settings = self.settings
         command = None
         if text is not None and len(text) <= settings.max_frame_bytes:
@@ -212,7 +174,7 @@ class ViewerConnection(FrameConnection):
             self.close(protocol.CLOSE_UNAUTHENTICATED)
             return
         self.identity = identity
-        if not self._hold(self.service.track_session(self)):
+        if not self.hold(self.service.track_session(self)):
             self.identity = None
             self.close(protocol.CLOSE_TOO_MANY)
             return
@@ -277,61 +239,6 @@ class ViewerConnection(FrameConnection):
     def _error(self, ch: str | None, code: protocol.ErrorCode, message: str) -> None:
         self.service.stats.errors[code] += 1
         self.outbox.put(protocol.error_frame(ch, code, message))
-
-    # -- outgoing --------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        """Write what the outbox holds while the transport takes it (the outbox's wake-up)."""
-        outbox = self.outbox
-        if outbox.overflowed:
-            self.close(protocol.CLOSE_TOO_MANY)
-            return
-        transport = self.transport
-        if transport is None or self.identity is None:
-            return
-        while self.writable and self.open():
-            item = outbox.pop()
-            if item is None:
-                return
-            if isinstance(item, int):
-                self.close(item)
-                return
-            transport.write(wire_text(item))
-
-    def _send_now(self, frame: str) -> bool:
-        """A state with nothing queued before it: written now if the socket takes it."""
-        if self.writable and self.identity is not None and self.open():
-            self.transport.write(wire_text(frame))  # type: ignore[union-attr]
-            return True
-        return False
-
-    def _stalled(self) -> None:
-        """It read nothing for the send timeout: try a close, then reset the connection."""
-        self._deadline = None
-        log.info("closing a viewer that read nothing for %.0f s", self.settings.send_timeout)
-        self.close(protocol.CLOSE_TOO_MANY)
-        log.info("aborting the connection of a viewer that reads nothing")
-        self.abort()
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _hold(self, hold: contextlib.AbstractContextManager[bool]) -> bool:
-        """Enter a limit's place (released in `ended`); False when it is full."""
-        if hold.__enter__():
-            self._holds.append(hold)
-            return True
-        hold.__exit__(None, None, None)
-        return False
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _leave_engine(self) -> None:
-        if self.channels:
-            channels, self.channels = self.channels, set()
-            self.service.engine.drop_viewer(self, channels)
 
 
 def connection_factory(service_of: Callable[[], Service | None]) -> Callable[..., Any]:
