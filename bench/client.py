@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -27,12 +25,7 @@ import time
 from array import array
 from typing import Any
 
-from bench.common import (
-    PUSHER_KEY,
-    PUSHER_SECRET,
-    SECRET,
-    run_process,
-)
+from bench.common import PUSHER_PATH, SECRET, pusher_subscribe, run_process
 
 ZERO_MASK = b"\x00\x00\x00\x00"  # a legal mask key; masking with it leaves the payload as is
 
@@ -232,16 +225,8 @@ class Viewer:
         elif event == "pusher:connection_established":
             socket_id = json.loads(frame["data"])["socket_id"]
             assert self.segment is not None
-            kind, _, ref = self.segment.ch.partition(":")
-            channel = f"private-opspush.{kind}.{ref}"
-            signature = hmac.new(
-                PUSHER_SECRET.encode(), f"{socket_id}:{channel}".encode(), hashlib.sha256
-            ).hexdigest()
-            subscribe = {
-                "event": "pusher:subscribe",
-                "data": {"channel": channel, "auth": f"{PUSHER_KEY}:{signature}"},
-            }
-            proto.transport.write(text_frame(json.dumps(subscribe).encode()))
+            subscribe = pusher_subscribe(socket_id, self.segment.ch)
+            proto.transport.write(text_frame(subscribe))
         elif event == "pusher:ping":
             proto.transport.write(text_frame(b'{"event":"pusher:pong","data":{}}'))
         elif event in ("pusher:subscription_error", "pusher:error"):
@@ -265,7 +250,7 @@ class Viewer:
         client = self.client
         hello = json.dumps({"op": "hello", "token": client.token(self.user)}).encode()
         pusher = client.mode == "pusher"
-        path = f"/app/{PUSHER_KEY}?protocol=7" if pusher else "/ws"
+        path = PUSHER_PATH if pusher else "/ws"
         ch: str | None = self.channel()
         backoff = 0.5
         while True:

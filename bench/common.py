@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import resource
 import socket
@@ -15,6 +18,21 @@ WRITER_MARK = "/* bench-writer */"  # ends every writer statement, so they can b
 SECRET = "opspush-bench-secret-0123456789abcdef0123"
 # The Pusher app of the `pusher` mode (OPSPUSH_PUSHER_*): the same viewers over /app/{key}.
 PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET = "bench", "bench-key", "bench-pusher-secret-0123456789"
+PUSHER_PATH = f"/app/{PUSHER_KEY}?protocol=7&client=bench"
+
+
+def pusher_subscribe(socket_id: str, ch: str) -> bytes:
+    """`pusher:subscribe` to opspush's channel `ch` (`run:12`), signed as the host signs it."""
+    kind, _, ref = ch.partition(":")
+    channel = f"private-opspush.{kind}.{ref}"
+    signature = hmac.new(
+        PUSHER_SECRET.encode(), f"{socket_id}:{channel}".encode(), hashlib.sha256
+    ).hexdigest()
+    subscribe = {
+        "event": "pusher:subscribe",
+        "data": {"channel": channel, "auth": f"{PUSHER_KEY}:{signature}"},
+    }
+    return json.dumps(subscribe).encode()
 
 
 def log(message: str) -> None:

@@ -1,22 +1,27 @@
 """opspush's fan-out against the floor: a bare `websockets` server sending the same frames.
 
-One load, two servers, measured one after the other in the same run, each pinned to the
-same CPU with the clients on the other: N idle viewers of one run, which then changes
-`--frames` times, `--interval` seconds apart.
+One load, three servers, measured one after the other in the same run, each pinned to the
+same CPU with the clients on the other: N idle viewers spread over `--runs` runs (viewer i
+watches run i mod R), then `--frames` bursts, `--interval` seconds apart, each changing
+every run.
 
-- **opspush**: `opspush serve` (as `bench.serve` starts it), with notifications; the
-  harness commits each change to the run, the engine reads it once and pushes the state
-  frame to all N viewers. Its CPU per frame therefore includes the read, the notification
-  and the access facts; at thousands of viewers they are a small share.
+- **opspush** (`/ws`): `opspush serve` (as `bench.serve` starts it), with notifications;
+  the harness commits each burst to the runs in one statement, the engine reads the runs
+  once and pushes each run's state frame to its viewers. Its CPU per frame therefore
+  includes the reads, the notifications and the access facts.
+- **echo** (`/app/{key}`): the same server with the Pusher app set, the same viewers over
+  the Pusher endpoint, as Laravel Echo connects: each subscribes to the signed channel
+  `private-opspush.run.ID` once its socket id is known.
 - **websockets**: `bench.floor_server`, the library's asyncio server and its `broadcast()`
-  of a frame of the same text as opspush's state frame (a new counter each time).
+  to each run's viewers of a frame of the same text as opspush's state frame (a new
+  counter each time).
 
 Figures per server: **CPU µs per delivered frame** (user + system seconds of the server
 process during the series, divided by the frames the clients counted) and **KB per idle
 socket** ((RSS with every viewer subscribed − RSS before any connected) / N). The ratios
-are opspush / websockets. Results: `bench/results/floor.json` and `floor.md`.
+are each server's / websockets'. Results: `bench/results/floor.json` and `floor.md`.
 
-Usage: python -m bench.floor [--viewers 4000] [--frames 40] [--interval 0.5]
+Usage: python -m bench.floor [--viewers 4000] [--runs 1] [--frames 40] [--interval 0.5]
 """
 
 from __future__ import annotations
@@ -33,14 +38,14 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.common import SECRET
-from bench.harness import ROOT, free_port, log, machine, postgres, prepare_database
+from bench.common import PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, SECRET, free_port, log
+from bench.harness import ROOT, machine, postgres, prepare_database
 
 RUN_COUNTER = '"processed": '
 
 
-async def seed(dsn: str) -> tuple[int, int]:
-    """One workspace, tenant, owner and running run: (user id, run id)."""
+async def seed(dsn: str, runs: int) -> tuple[int, list[int]]:
+    """One workspace, tenant and owner, and `runs` running runs: (user id, run ids)."""
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute("TRUNCATE workspaces, users RESTART IDENTITY CASCADE")
@@ -60,17 +65,19 @@ async def seed(dsn: str) -> tuple[int, int]:
             workspace,
             user,
         )
-        run = await connection.fetchval(
+        ids = await connection.fetch(
             """INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome,
                    summary_counts, created_at, started_at)
-               VALUES ($1, $2, 'inventory.sync', 'running', 'pending',
+               SELECT $1, $2, 'inventory.sync', 'running', 'pending',
                        '{"total": 100000, "processed": 0, "succeeded": 0, "failed": 0}',
-                       now() - interval '2 minutes', now() - interval '2 minutes')
+                       now() - interval '2 minutes', now() - interval '2 minutes'
+               FROM generate_series(1, $3)
                RETURNING id""",
             workspace,
             tenant,
+            runs,
         )
-        return int(user), int(run)
+        return int(user), sorted(int(row["id"]) for row in ids)
     finally:
         await connection.close()
 
@@ -78,11 +85,11 @@ async def seed(dsn: str) -> tuple[int, int]:
 class Side:
     """One server under the load: start it, connect the viewers, run the series, measure."""
 
-    def __init__(self, args: argparse.Namespace, name: str, user: int, run: int) -> None:
+    def __init__(self, args: argparse.Namespace, name: str, user: int, runs: list[int]) -> None:
         self.args = args
         self.name = name
         self.user = user
-        self.run = run
+        self.runs = runs
         self.port = free_port()
         self.procs: list[asyncio.subprocess.Process] = []
 
@@ -112,7 +119,7 @@ class Side:
 
     async def start_server(self, dsn: str, frame_file: Path) -> Any:
         args = self.args
-        if self.name == "opspush":
+        if self.name in ("opspush", "echo"):
             env = os.environ.copy()
             env.update(
                 DATABASE_URL=dsn,
@@ -123,6 +130,12 @@ class Side:
                 OPSPUSH_ADMISSION_RATE="0",
                 OPSPUSH_LOG_LEVEL="warning",
             )
+            if self.name == "echo":
+                env.update(
+                    OPSPUSH_PUSHER_APP_ID=PUSHER_APP_ID,
+                    OPSPUSH_PUSHER_KEY=PUSHER_KEY,
+                    OPSPUSH_PUSHER_SECRET=PUSHER_SECRET,
+                )
             server = await self.spawn(
                 "-m", "bench.serve", "--cpus", args.server_cpus, "--port", str(self.port), env=env
             )
@@ -160,12 +173,12 @@ class Side:
                         str(self.port),
                         "--viewers",
                         str(args.viewers),
-                        "--run",
-                        str(self.run),
+                        "--runs",
+                        ",".join(map(str, self.runs)),
                         "--user",
                         str(self.user),
-                        "--expect",
-                        "2" if self.name == "opspush" else "1",
+                        "--endpoint",
+                        self.name,
                         "--index",
                         str(index),
                         "--of",
@@ -183,7 +196,7 @@ class Side:
             frames0 = await count(clients)
             cpu0 = cpu_seconds(server_ps)
             started = time.monotonic()
-            if self.name == "opspush":
+            if self.name != "websockets":
                 await self.commit_series(dsn)
             else:
                 server.stdin.write(f"go {args.frames} {args.interval}\n".encode())
@@ -222,7 +235,7 @@ class Side:
         }
 
     async def commit_series(self, dsn: str) -> None:
-        """The host's changes: one commit per frame, `--interval` apart."""
+        """The host's changes: one commit per burst (every run), `--interval` apart."""
         args = self.args
         connection = await asyncpg.connect(dsn)
         try:
@@ -231,8 +244,8 @@ class Side:
             for seq in range(1, args.frames + 1):
                 await connection.execute(
                     "UPDATE operation_runs SET summary_counts = jsonb_set(summary_counts, "
-                    "'{processed}', to_jsonb($2::int)), updated_at = now() WHERE id = $1",
-                    self.run,
+                    "'{processed}', to_jsonb($2::int)), updated_at = now() WHERE id = ANY($1)",
+                    self.runs,
                     seq,
                 )
                 await asyncio.sleep(max(0.0, start + seq * args.interval - loop.time()))
@@ -269,7 +282,7 @@ async def wait_healthy(port: int, server: Any) -> None:
 
 
 async def state_frame_template(dsn: str, run: int) -> str:
-    """opspush's own state frame for the run, with its counter as `{seq}`."""
+    """opspush's own state frame for a run, with its id as `{run}`, its counter as `{seq}`."""
     from opspush.core import protocol, views
     from opspush.database.storage import Storage, create_pool
 
@@ -281,35 +294,50 @@ async def state_frame_template(dsn: str, run: int) -> str:
     row = rows[run]
     data = protocol.encode(views.run_data(row))
     frame = protocol.state_frame(f"run:{run}", data, 10)
+    frame = frame.replace(f'"run:{run}"', '"run:{run}"').replace(f'"id":{run},', '"id":{run},')
     return frame.replace('"processed":0', '"processed":{seq}')
 
 
 def write_report(out: Path, result: dict[str, Any]) -> None:
     sides = {side["server"]: side for side in result["sides"]}
-    ours, floor = sides["opspush"], sides["websockets"]
-    cpu_ratio = ours["cpu_us_per_frame"] / floor["cpu_us_per_frame"]
-    mem_ratio = ours["kb_per_socket"] / floor["kb_per_socket"]
-    result["ratios"] = {"cpu_per_frame": cpu_ratio, "kb_per_socket": mem_ratio}
+    floor = sides["websockets"]
+    ratios = {
+        name: {
+            "cpu_per_frame": side["cpu_us_per_frame"] / floor["cpu_us_per_frame"],
+            "kb_per_socket": side["kb_per_socket"] / floor["kb_per_socket"],
+        }
+        for name, side in sides.items()
+        if name != "websockets"
+    }
+    result["ratios"] = ratios
     (out / "floor.json").write_text(json.dumps(result, indent=1))
+    first = result["sides"][0]
     lines = [
-        f"# opspush against a bare `websockets` broadcast: {ours['viewers']:,} idle viewers "
-        f"of one run, {ours['frames_sent']} frames",
+        f"# opspush against a bare `websockets` broadcast: {first['viewers']:,} idle viewers "
+        f"of {result['runs']} run(s), {first['frames_sent']} bursts",
         "",
         f"Measured {result['started']} on {result['machine']['cores']} cores "
         f"({result['machine']['cpu']}); `python -m bench.floor " + " ".join(result["argv"]) + "`.",
         "",
-        "| server | frames delivered | CPU µs per frame | KB per socket |",
-        "|---|---:|---:|---:|",
+        "| server | frames delivered | CPU µs per frame | KB per socket | CPU / floor "
+        "| memory / floor |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for side in (ours, floor):
+    labels = {"opspush": "opspush `/ws`", "echo": "opspush `/app/{key}` (Echo)"}
+    for side in result["sides"]:
+        name = side["server"]
+        ratio = ratios.get(name)
         lines.append(
-            f"| {side['server']} | {side['frames_delivered']:,} / {side['frames_expected']:,} "
-            f"| {side['cpu_us_per_frame']:.2f} | {side['kb_per_socket']:.1f} |"
+            f"| {labels.get(name, 'websockets `broadcast()` (the floor)')} "
+            f"| {side['frames_delivered']:,} / {side['frames_expected']:,} "
+            f"| {side['cpu_us_per_frame']:.2f} | {side['kb_per_socket']:.1f} "
+            + (
+                f"| **{ratio['cpu_per_frame']:.2f}x** | **{ratio['kb_per_socket']:.2f}x** |"
+                if ratio
+                else "| 1x | 1x |"
+            )
         )
-    lines += [
-        f"| **opspush / websockets** | | **{cpu_ratio:.2f}x** | **{mem_ratio:.2f}x** |",
-        "",
-    ]
+    lines.append("")
     (out / "floor.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -322,13 +350,13 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
     began = time.time()
     with postgres(work) as (admin_dsn, _embedded):
         dsn = await prepare_database(admin_dsn)
-        user, run = await seed(dsn)
+        user, runs = await seed(dsn, args.runs)
         frame_file = work / "floor-frame.txt"
-        frame_file.write_text(await state_frame_template(dsn, run))
+        frame_file.write_text(await state_frame_template(dsn, runs[0]))
         sides = []
         for name in args.order.split(","):
             log(f"{name}: {args.viewers} viewers, {args.frames} frames")
-            sides.append(await Side(args, name, user, run).measure(dsn, frame_file))
+            sides.append(await Side(args, name, user, runs).measure(dsn, frame_file))
             log(
                 "  "
                 + json.dumps(
@@ -339,6 +367,7 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
         "machine": machine(),
         "argv": argv,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
+        "runs": args.runs,
         "sides": sides,
     }
     write_report(out, result)
@@ -348,11 +377,12 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--viewers", type=int, default=4000)
+    parser.add_argument("--runs", type=int, default=1, help="viewer i watches run i mod RUNS")
     parser.add_argument("--frames", type=int, default=40, help="changes pushed to everyone")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between changes")
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--order", default="opspush,websockets")
+    parser.add_argument("--order", default="opspush,echo,websockets")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--work", default=str(ROOT / "bench" / ".work"))

@@ -1,10 +1,11 @@
 """The floor: a bare `websockets` server doing the sends opspush does, and nothing else.
 
 Each connection sends its two opening frames (hello, subscribe) as an opspush viewer does,
-is answered with one frame, and is then held idle in a set. On `go N INTERVAL` (stdin) the
-server broadcasts N frames, INTERVAL seconds apart, to every held connection with the
-library's own `broadcast()`: the frame is the template from `--frame` with `{seq}` replaced
-by a counter, so every broadcast is a new text of the same size as opspush's state frame.
+is answered with one frame, and is then held idle in the set of its channel's viewers. On
+`go N INTERVAL` (stdin) the server sends N bursts, INTERVAL seconds apart: in each, every
+channel's viewers get one frame with the library's own `broadcast()`. The frame is the
+template from `--frame` with `{run}` replaced by the channel's run and `{seq}` by a counter,
+so every broadcast is a new text of the same size as opspush's state frame.
 
 Usage: python -m bench.floor_server --port P --frame FILE [--cpus 0]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -22,23 +24,25 @@ from bench.common import run_process
 
 
 async def main_async(port: int, template: str) -> None:
-    held: set[ServerConnection] = set()
+    held: dict[str, set[ServerConnection]] = {}  # by run id
 
     async def handler(connection: ServerConnection) -> None:
         await connection.recv()  # hello
-        await connection.recv()  # subscribe
+        run = json.loads(await connection.recv())["ch"].removeprefix("run:")
         await connection.send('{"type":"welcome"}')
-        held.add(connection)
+        viewers = held.setdefault(run, set())
+        viewers.add(connection)
         try:
             await connection.wait_closed()
         finally:
-            held.discard(connection)
+            viewers.discard(connection)
 
     async def broadcast_series(count: int, interval: float) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for seq in range(1, count + 1):
-            broadcast(held, template.replace("{seq}", str(seq)))
+            for run, viewers in held.items():
+                broadcast(viewers, template.replace("{run}", run).replace("{seq}", str(seq)))
             await asyncio.sleep(max(0.0, start + seq * interval - loop.time()))
         print("done", flush=True)
 
@@ -62,7 +66,7 @@ async def main_async(port: int, template: str) -> None:
             if line[0] == "go":
                 series = asyncio.create_task(broadcast_series(int(line[1]), float(line[2])))
             elif line[0] == "count":
-                print(len(held), flush=True)
+                print(sum(map(len, held.values())), flush=True)
         if series is not None:
             series.cancel()
 

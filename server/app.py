@@ -12,16 +12,14 @@ from starlette.convertors import register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .config import Settings
 from .core.channels import valid_id
 from .core.clock import Clock
 from .pusher.api import batch_events_endpoint, events_endpoint, terminate_endpoint
-from .pusher.asgi import KeepServerSend
 from .pusher.hub import PusherHub
-from .pusher.websocket import pusher_endpoint
 from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
@@ -132,17 +130,16 @@ def create_app(
     ]
     routes += extra_routes or []
     if settings.pusher is not None:
-        # pusher.md: the endpoint and the HTTP API are there when the app is configured.
+        # The HTTP API is there when the app is configured; its WebSocket endpoint,
+        # `/app/{key}`, is served beside `/ws` by pusher/websocket.py (commands/runner.py).
         terminate = "/users/{user_id}/terminate_connections"
         routes += [
-            WebSocketRoute("/app/{key}", pusher_endpoint),
             Route("/apps/{app_id}/events", events_endpoint, methods=["POST"]),
             Route("/apps/{app_id}/batch_events", batch_events_endpoint, methods=["POST"]),
             Route("/apps/{app_id}" + terminate, terminate_endpoint, methods=["POST"]),
             Route(terminate, terminate_endpoint, methods=["POST"]),
         ]
     middleware = [
-        Middleware(KeepServerSend),
         Middleware(
             SecurityHeaders,
             frame_ancestors=settings.frame_ancestors,

@@ -206,16 +206,18 @@ class Service:
         """A place for one more socket from this address, if its limit allows."""
         return _counted(self.per_address, address, self.settings.max_connections_per_address)
 
+    def track_user(self, user_id: int) -> contextlib.AbstractContextManager[bool]:
+        """A place for one more socket of this user, either endpoint's, if its limit allows
+        (OPSPUSH_MAX_CONNECTIONS_PER_USER)."""
+        return _counted(self.per_user, user_id, self.settings.max_connections_per_user)
+
     @contextlib.contextmanager
     def track_session(self, session: Session) -> Iterator[bool]:
-        """A place for one more socket of this user, if its limit allows.
-
-        A socket with no user (Pusher, before sign-in) is counted per address only.
-        """
-        counts: Counter[Any] = self.per_user if session.user_id is not None else Counter()
-        limit = self.settings.max_connections_per_user if session.user_id is not None else 0
-        with _counted(counts, session.user_id, limit) as admitted:
-            if not admitted:
+        """Count `session` among the open ones; a `/ws` socket, whose user is known by now,
+        takes a place of its user's too (a Pusher socket takes one when it signs in)."""
+        with contextlib.ExitStack() as places:
+            user_id = session.user_id
+            if user_id is not None and not places.enter_context(self.track_user(user_id)):
                 yield False
                 return
             self.sessions.add(session)

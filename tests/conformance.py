@@ -1,11 +1,10 @@
-"""RFC 6455 conformance: the Autobahn test suite's fuzzing client against both WebSocket stacks.
+"""RFC 6455 conformance: the Autobahn test suite's fuzzing client against the WebSocket stack.
 
 The app is `create_app` with the service's default settings, run by the same uvicorn
-configuration (`uvicorn_config`) as `opspush serve`; the only additions are two echo
-endpoints, mounted by this test-only code and never by the service:
-
-- `/echo`: an echo on `connection.FrameConnection`, the frame layer that serves `/ws`;
-- `/echo-asgi`: an echo on uvicorn's ASGI WebSocket, the stack of the Pusher endpoint.
+configuration (`uvicorn_config`) as `opspush serve`; the only addition is an echo endpoint,
+`/echo`, mounted by this test-only code and never by the service: an echo on
+`connection.FrameConnection`, the frame layer that serves both `/ws` and the Pusher
+endpoint (the service has no other WebSocket stack).
 
 Run by scripts/conformance:
 
@@ -13,7 +12,7 @@ Run by scripts/conformance:
         [--max-frame-bytes N] [--summary F]
 
 Exits 1 unless every case is OK, NON-STRICT or INFORMATIONAL. The compression cases (12.*,
-13.*) are always left out: permessage-deflate is off (`ws_per_message_deflate=False`).
+13.*) are always left out: permessage-deflate is off (the frame layer offers no extension).
 """
 
 from __future__ import annotations
@@ -34,9 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from opspush.app import create_app
 from opspush.commands.runner import uvicorn_config
@@ -45,7 +41,7 @@ from opspush.web.connection import FrameConnection, FrameLimits
 from tests.conftest import free_socket
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
-AGENTS = {"opspush-ws": "/echo", "opspush-asgi": "/echo-asgi"}
+AGENTS = {"opspush-ws": "/echo"}
 OUT_OF_SCOPE = ["12.*", "13.*"]  # permessage-deflate: compression is off
 
 
@@ -71,28 +67,6 @@ def echo_connection(settings: Settings) -> Any:
         )
 
     return create
-
-
-async def echo(websocket: WebSocket) -> None:
-    await websocket.accept()
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("text") is not None:
-                await websocket.send_text(message["text"])
-            else:
-                await websocket.send_bytes(message.get("bytes") or b"")
-    except WebSocketDisconnect:
-        return
-
-
-def conformance_app(settings: Settings, dsn: str) -> Starlette:
-    """The service's app plus `/echo-asgi` (test-only: the service never mounts it)."""
-    app = create_app(settings, dsn)
-    app.router.routes.insert(0, WebSocketRoute("/echo-asgi", echo))
-    return app
 
 
 @asynccontextmanager
@@ -125,7 +99,7 @@ async def serving(dsn: str, args: argparse.Namespace) -> AsyncIterator[int]:
         settings = replace(settings, frame_rate=0, max_fragments=10_000_000)
     sock = free_socket()
     config = uvicorn_config(
-        conformance_app(settings, dsn), settings, {"/echo": echo_connection(settings)}
+        create_app(settings, dsn), settings, {"/echo": echo_connection(settings)}
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -1,4 +1,4 @@
-"""`/app/{key}` and the HTTP API as pusher.md fixes them: a real server and database, a raw
+"""`/app/{key}` and the HTTP API as docs/pusher.md describes them: a real server and database, a raw
 Pusher-protocol client, and the host's side signed by Pusher's own Python library."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,11 +14,16 @@ from typing import Any
 import httpx
 import pusher as pusher_library
 import pytest
+import uvicorn
 import websockets
 from pusher.signature import sign
 
+import opspush
+from opspush.core.clock import ManualClock
+from opspush.core.protocol import CLOSE_TOO_MANY
 from opspush.pusher import protocol as pusher
-from tests.conftest import RunningServer, Viewer
+from opspush.web.connection import wire_text
+from tests.conftest import RunningServer, Viewer, running_server, step
 from tests.factories import Factory
 from tests.pusher_support import APP, PusherSocket, channel_auth, host, pusher_server, signin
 
@@ -474,3 +480,79 @@ async def test_a_hidden_tab_unsubscribes_and_resubscribes(
     assert again["event"] == "pusher_internal:subscription_succeeded"
     state = await socket.recv()
     assert state["event"] == "opspush.state" and state["data"]["data"]["progress"] == 0.5
+
+
+# -- the frame layer -------------------------------------------------------------------------
+
+
+async def test_idle_pusher_sockets_hold_no_task_and_a_frame_is_encoded_once_for_all(
+    database_dsn: str, clock: ManualClock, db: Factory, sockets: list[PusherSocket]
+) -> None:
+    """The Pusher endpoint on `/ws`'s frame layer (web/engine_socket.py): no task per idle
+    socket, and a state, or a host event, serialized once however many sockets it goes to."""
+    ws = await db.workspace()
+    run = await db.run(ws, status="running", summary_counts={"total": 10, "processed": 0})
+    channel = f"private-opspush.run.{run}"
+    server_code = (os.path.dirname(opspush.__file__), os.path.dirname(uvicorn.__file__))
+
+    def server_tasks() -> int:
+        files = [t.get_coro().cr_code.co_filename for t in asyncio.all_tasks()]  # type: ignore[union-attr]
+        return sum(1 for f in files if f.startswith(server_code))
+
+    async with running_server(database_dsn, clock=clock, pusher=APP) as server:
+        before = server_tasks()
+        for _ in range(12):
+            socket = await _open(server, sockets)
+            auth = channel_auth(host(server), socket.socket_id, channel)
+            assert (await socket.subscribe(channel, auth))["event"].endswith("succeeded")
+            assert (await socket.recv())["event"] == "opspush.state"
+            assert (await socket.subscribe("news"))["event"].endswith("succeeded")
+        assert server_tasks() == before  # the ASGI stack ran three per socket
+
+        encoded = wire_text.cache_info().misses
+        await db.update_run(run, summary_counts={"total": 10, "processed": 1})
+        await step(server, clock, 1.0)
+        for socket in sockets:
+            state = await socket.recv()
+            assert state["data"]["data"]["summary_counts"]["processed"] == 1
+        assert wire_text.cache_info().misses == encoded + 1  # one encoding for twelve sockets
+
+        await _call(host(server).trigger, "news", "posted", {"n": 1})
+        for socket in sockets:
+            assert (await socket.recv())["event"] == "posted"
+        assert wire_text.cache_info().misses == encoded + 2
+
+
+async def test_the_per_user_limit_counts_signed_in_pusher_sockets_and_ws_ones(
+    database_dsn: str, db: Factory, sockets: list[PusherSocket], viewers: list[Viewer]
+) -> None:
+    user = await db.user(await db.workspace(), "owner")
+    async with pusher_server(database_dsn, max_connections_per_user=2) as server:
+        viewers.append(await server.connect(user))
+        signed = await _open(server, sockets)
+        assert (await signin(host(server), signed, user))["event"] == "pusher:signin_success"
+        # A third socket of the user: a Pusher one is refused at its sign-in...
+        third = await _open(server, sockets)
+        refused = await signin(host(server), third, user)
+        assert refused["event"] == "pusher:error" and refused["data"]["code"] == 4100
+        assert await third.closed() == pusher.OVER_CAPACITY
+        # ... a `/ws` one after its hello; an unsigned Pusher socket is not the user's.
+        ws = await websockets.connect(server.ws_url)
+        await ws.send(json.dumps({"op": "hello", "token": server.token(user)}))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == CLOSE_TOO_MANY
+        await _open(server, sockets)
+        # Closing the signed-in socket frees its place.
+        await signed.close()
+        async with asyncio.timeout(10):
+            await server.service.wait_sessions(lambda open_now: len(open_now) == 2)
+        assert server.service.per_user[user] == 1
+        viewers.append(await server.connect(user))
+
+
+async def test_an_upgrade_to_a_path_nobody_serves_is_a_404(ps: RunningServer) -> None:
+    for path in ("/nowhere", "/app/", f"/app/{APP.key}/more", "/ws/extra"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"ws://127.0.0.1:{ps.port}{path}")
+        assert refused.value.response.status_code == 404, path

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..config import Settings
-from ..pusher.protocol import OVER_CAPACITY
-from ..web.connection import CLOSE_TIMEOUT, FrameLimits, ServerConnection, end_stream
+from ..pusher.websocket import PATH_PREFIX
+from ..pusher.websocket import connection_factory as pusher_connection_factory
+from ..web.connection import no_such_path
 from ..web.deadline import BASE as HTTP_BASE
 from ..web.deadline import MAX_HEAD_BYTES, http_protocol
 from ..web.websocket import connection_factory
@@ -77,66 +77,6 @@ def redact_logs() -> None:
             logger.addFilter(RedactSecrets())
 
 
-class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's Sans-I/O WebSocket protocol (the Pusher endpoint) on our
-    `ServerConnection`: the same frame limits as `/ws`."""
-
-    limits: FrameLimits  # set per server by `websocket_protocol`
-    failed = False  # the parser failed the connection (handle_parser_exception ran)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.conn.__class__ = ServerConnection  # same state, the limits on top
-        cast(ServerConnection, self.conn).limit(self.limits, lambda: not self.writable.is_set())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        cast(ServerConnection, self.conn).release()
-
-    def handle_parser_exception(self) -> None:
-        """uvicorn's, but with a lingering close (`end_stream`): a flooder's close frame is
-        not lost to a reset; and a peer that reads nothing is reset after CLOSE_TIMEOUT."""
-        if self.failed:
-            return  # data that came after the failure (the FIN is out; reading stops)
-        self.failed = True
-        assert self.conn.close_sent is not None
-        close = self.conn.close_sent
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code,
-                               "reason": close.reason})  # fmt: skip
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        end_stream(self.transport, read=False)
-        self.loop.call_later(CLOSE_TIMEOUT, self._abort_if_open)
-
-    def _abort_if_open(self) -> None:
-        if not self.disconnected:
-            self.transport.abort()
-
-
-def websocket_protocol(settings: Settings) -> type[WebSocketProtocol]:
-    limits = FrameLimits(
-        settings.frame_rate, settings.frame_burst, settings.max_fragments, OVER_CAPACITY
-    )
-    return type("WebSocketProtocol", (WebSocketProtocol,), {"limits": limits})
-
-
-class _InvalidUtf8AtInfo(logging.Filter):
-    """uvicorn logs a text frame that is not UTF-8 at ERROR with a traceback; it is the
-    client's mistake (closed with 1007), so one line at INFO like the others."""
-
-    MESSAGE = "Invalid UTF-8 sequence received from client."
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != self.MESSAGE:
-            return True
-        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
-            return False
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg, record.args = "a text frame was not valid UTF-8: closed with 1007", None
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
 def uvicorn_config(
     app: Starlette,
     settings: Settings,
@@ -147,21 +87,25 @@ def uvicorn_config(
     """How `opspush serve` runs the app; `websocket_paths` adds upgrade paths served by
     protocols of their own beside `/ws` (the conformance suite's echo); `http_base` picks
     an HTTP parser other than uvicorn's "auto" choice (the tests run both)."""
+
+    def service() -> Any:
+        return getattr(app.state, "service", None)
+
+    paths: dict[str, Callable[..., asyncio.Protocol]] = {"/ws": connection_factory(service)}
+    if settings.pusher is not None:
+        paths[PATH_PREFIX] = pusher_connection_factory(service)  # /app/{key}
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        # The websockets library's Sans-I/O core: no task per connection, backpressure on
-        # send, pings, and the frame size limit (larger frames close with 1009).
         # A request that never completes (slowloris), a head past 32 KiB, or too many HTTP
         # connections from one address are closed (web/deadline.py).
-        # `/ws` is served by web/websocket.py on the same websockets core, without ASGI.
+        # Every WebSocket is served on the frame layer (web/connection.py, on the websockets
+        # library's Sans-I/O core), without ASGI: `/ws` and the Pusher endpoint by their
+        # own protocols, any other path by a 404.
         http=http_protocol(
             settings.hello_timeout,
-            {
-                "/ws": connection_factory(lambda: getattr(app.state, "service", None)),
-                **(websocket_paths or {}),
-            },
+            {**paths, **(websocket_paths or {})},
             max_per_address=settings.max_connections_per_address,
             trusted_proxies=settings.trusted_proxies,
             base=http_base or HTTP_BASE,
@@ -169,12 +113,7 @@ def uvicorn_config(
         # h11's own cap (16 KiB by default) would answer 400 and reset the connection
         # before ours answers 431.
         h11_max_incomplete_event_size=2 * MAX_HEAD_BYTES,
-        ws=websocket_protocol(settings),
-        ws_max_size=settings.max_frame_bytes,
-        # Compression costs ~30 KB per socket and the frames are small: off.
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ping_interval or None,
-        ws_ping_timeout=settings.ping_interval or None,
+        ws=cast(Any, no_such_path),
         lifespan="on",
         log_level=settings.log_level,
         # X-Forwarded-For is read by Service.client_address (core/proxy.py), for the trusted
@@ -184,10 +123,6 @@ def uvicorn_config(
         access_log=False,
     )
     redact_logs()  # uvicorn has configured its loggers by now
-    for name in ("uvicorn.error", "websockets"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _InvalidUtf8AtInfo) for f in logger.filters):
-            logger.addFilter(_InvalidUtf8AtInfo())
     return config
 
 

@@ -7,8 +7,8 @@ frames (errors, ends) are few and bounded, and overflowing them marks the viewer
 to keep up.
 
 Whoever sends calls `pop` until it gives None; `wake` tells it that there is something to
-send (a `/ws` connection writes at once, inside the call; the Pusher socket's sender task
-is woken).
+send (a connection writes at once, inside the call, while its transport takes writes);
+`direct` skips the queue when nothing waits in it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Outbox:
         self._close_code: int | None = None
         self.overflowed = False
         self._wake = wake
-        # Sends a state at once when nothing waits before it; False when the socket can't.
+        # Sends a frame at once when nothing waits before it; False when the socket can't.
         self._direct = direct
 
     def __len__(self) -> int:
@@ -62,6 +62,8 @@ class Outbox:
         return replaced
 
     def put(self, frame: str) -> None:
+        if not self._items and self._direct is not None and self._direct(frame):
+            return  # nothing waits before it: in order, and nothing to count
         if self._control >= self._limit:
             self.overflowed = True
             self._wake()

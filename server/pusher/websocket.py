@@ -1,12 +1,15 @@
 """`/app/{key}?protocol=7`: one Pusher Channels connection, seen by the engine as a Viewer.
 
-It shares everything with `/ws` but the words: the engine, the outbox, the rate limiter,
-the Origin check, the per-address and admission limits, the close and abort handling. The
-engine's frames are translated by `PusherOutbox`; the host's own events come from the hub.
+It runs on the same frame layer as `/ws` (web/engine_socket.py): no task per socket, one
+encoding per frame for all its viewers, the same outbox, backpressure, conflation, send
+timeout, rate limit, Origin check and per-address, per-user and admission limits. It
+differs in the words: the engine's frames are translated by `PusherOutbox`; the host's own
+events come from the hub.
 
 A connection that did not sign in has no user: the host's channel signature is the whole
 authorization, so its opspush subscriptions are granted. After `pusher:signin` it has the
-user's id, and its new subscriptions are decided (and re-checked) on domain.md's rules.
+user's id (and takes a place in that user's connection limit), and its new subscriptions
+are decided (and re-checked) on the access rules.
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from starlette.responses import PlainTextResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.http11 import Request
 
 from ..core import protocol
-from ..core.channels import Channel, Kind
+from ..core.channels import Kind
 from ..engine.outbox import Outbox
+from ..web.engine_socket import EngineSocket
 from . import protocol as pusher
-from .asgi import abort_connection, close_quietly, send_from_outbox
 from .hub import PusherHub
 from .protocol import PusherError
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opspush.pusher")
 
+PATH_PREFIX = "/app/"  # then the app key; the query names the protocol version
 HOST_EVENT_BACKLOG = 1000  # the host's events waiting for one slow socket; beyond: 4100
 
 # A socket id must be unguessable: the host excludes a sender by it and a channel signature
@@ -56,15 +60,20 @@ class PusherOutbox(Outbox):
 
     __slots__ = ("confirmed",)
 
-    def __init__(self, control_limit: int, wake: Callable[[], None]) -> None:
-        super().__init__(control_limit, wake)
+    def __init__(
+        self,
+        control_limit: int,
+        wake: Callable[[], None] = lambda: None,
+        direct: Callable[[str], bool] | None = None,
+    ) -> None:
+        super().__init__(control_limit, wake, direct)
         self.confirmed: set[str] = set()  # engine channel names told subscription_succeeded
 
     def put_state(self, ch: str, frame: str) -> bool:
         if ch not in self.confirmed:
             self.confirmed.add(ch)
             super().put(pusher.subscription_succeeded(pusher.pusher_name(ch)))
-        return super().put_state(ch, pusher.translate(frame))
+        return super().put_state(ch, pusher.translate(frame))  # translated once per frame
 
     def put(self, frame: str) -> None:
         super().put(pusher.translate(frame))  # the engine's `end` and refusals
@@ -73,123 +82,157 @@ class PusherOutbox(Outbox):
         super().put(frame)
 
 
-class PusherSession:
-    def __init__(self, websocket: WebSocket, service: Service, socket_id: str) -> None:
-        settings = service.settings
-        self.websocket = websocket
-        self.service = service
-        self.socket_id = socket_id
+class PusherConnection(EngineSocket):
+    """One `/app/{key}` socket, from the upgrade request to the end; the engine's Viewer
+    and the hub's Member."""
+
+    def __init__(self, server_state: Any, *, service: Service) -> None:
+        super().__init__(
+            server_state,
+            service=service,
+            too_many=pusher.OVER_CAPACITY,
+            outbox_type=PusherOutbox,
+            extra_frames=HOST_EVENT_BACKLOG,
+        )
+        self.frames: PusherOutbox = self.outbox  # type: ignore[assignment]
+        self.socket_id = new_socket_id()
         self.user_id: int | None = None
-        self.ready = asyncio.Event()  # the outbox has something for the sender
-        self.frames = PusherOutbox(
-            2 * settings.max_subscriptions + settings.rate_burst + HOST_EVENT_BACKLOG,
-            wake=self.ready.set,
-        )
-        self.outbox: Outbox = self.frames  # what the engine sees
-        self.own: set[Channel] = set()  # opspush's channels, through the engine
         self.host: set[str] = set()  # the host's channels, through the hub
-        self.stalled = False
-        self.heard = time.monotonic()
-        self.limiter = protocol.RateLimiter(
-            settings.rate_per_second, settings.rate_burst, time.monotonic()
-        )
+        self.heard = time.monotonic()  # the client's last message (the activity timeout)
+        self._established = False
+        self._activity: asyncio.TimerHandle | None = None
+        self._pinged = 0.0
 
     @property
     def hub(self) -> PusherHub:
         assert self.service.pusher_hub is not None
         return self.service.pusher_hub
 
+    @property
+    def sending(self) -> bool:
+        return self._established
+
     # -- the Viewer protocol and the hub's Member ----------------------------------------
 
     def subscription_closed(self, ch: str, *, ended: bool) -> None:
-        self.own = {c for c in self.own if c.name != ch}
+        self.channels = {c for c in self.channels if c.name != ch}
         self.frames.confirmed.discard(ch)
 
     def send(self, frame: str) -> None:
         self.frames.send(frame)
 
-    async def aclose(self, code: int) -> None:
-        await close_quietly(self.websocket, code)
-
     def terminate(self) -> None:
         self.frames.send(pusher.error(pusher.UNAUTHORIZED, "connection terminated by the host"))
         self.outbox.close_after_flush(pusher.UNAUTHORIZED)
 
-    # -- running -------------------------------------------------------------------------
+    # -- the connection's hooks ----------------------------------------------------------
 
-    async def run(self) -> int | None:
-        tasks = [
-            asyncio.create_task(self._read_loop(), name=f"pusher-read-{self.socket_id}"),
-            asyncio.create_task(self._send_loop(), name=f"pusher-send-{self.socket_id}"),
-            asyncio.create_task(self._keepalive(), name=f"pusher-alive-{self.socket_id}"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.service.engine.drop_viewer(self, self.own)
-            self.hub.forget(self, self.host, self.user_id)
-            self.own.clear()
-            self.host.clear()
-        task = done.pop()
-        if task.cancelled() or task.exception() is not None:
-            if not task.cancelled():
-                log.error("pusher session task failed", exc_info=task.exception())
-            return 1011
-        return task.result()
+    def refuse(self, request: Request) -> tuple[int, str] | None:
+        headers = request.headers
+        refusal = self.service.upgrade_refusal(headers.get_all("origin"), headers.get_all("host"))
+        if refusal is not None:
+            return refusal
+        if self.service.draining or self.settings.pusher is None:
+            return 403, "Restarting"
+        return None
 
-    async def _keepalive(self) -> int:
-        """Ping a client silent for activity_timeout; close with 4201 if it stays silent."""
-        settings = self.service.settings
-        while True:
-            quiet_until = self.heard + settings.pusher_activity_timeout
-            await asyncio.sleep(max(0.0, quiet_until - time.monotonic()))
-            if time.monotonic() < self.heard + settings.pusher_activity_timeout:
-                continue
-            pinged = time.monotonic()
-            self.frames.send(pusher.frame("pusher:ping", "{}"))
-            await asyncio.sleep(settings.pusher_pong_timeout)
-            if self.heard < pinged:
-                self.frames.send(pusher.error(pusher.PONG_NOT_RECEIVED, "pong reply not received"))
-                return pusher.PONG_NOT_RECEIVED
-
-    async def _read_loop(self) -> int | None:
-        max_bytes = self.service.settings.max_frame_bytes
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return None
-            self.heard = time.monotonic()
-            text = message.get("text")
-            if text is None:
-                if len(message.get("bytes") or b"") > max_bytes:
-                    return protocol.CLOSE_TOO_BIG
-            elif len(text) > max_bytes and len(text.encode()) > max_bytes:
-                return protocol.CLOSE_TOO_BIG
-            # Every frame counts, text or binary: a flood of either is the same flood.
-            if not self.limiter.allow(time.monotonic()):
-                if self.limiter.exhausted:
-                    return pusher.OVER_CAPACITY
-                self._error(pusher.CLIENT_EVENT_REJECTED, "too many messages; slow down")
-                continue
-            if text is None:
-                self._error(None, "frames must be UTF-8 JSON text")
-                continue
-            try:
-                self._handle(pusher.parse_client_frame(text))
-            except PusherError as error:
-                self._error(None, error.message)
-            if self.outbox.overflowed:
-                return pusher.OVER_CAPACITY
-
-    async def _send_loop(self) -> int | None:
-        timeout = self.service.settings.send_timeout
-        code, self.stalled = await send_from_outbox(
-            self.websocket, self.outbox, self.ready, timeout, pusher.OVER_CAPACITY
+    def opened(self, request: Request) -> None:
+        """Pusher's refusals come after the handshake, as `pusher:error` and a close with
+        its code: pusher-js reads the code to decide whether, and when, to come back."""
+        service = self.service
+        settings = self.settings
+        assert settings.pusher is not None
+        target = urlsplit(request.path)
+        refusal: tuple[int, str] | None
+        if unquote(target.path.removeprefix(PATH_PREFIX)) != settings.pusher.key:
+            refusal = pusher.APP_NOT_FOUND, "unknown app key"
+        else:
+            versions = parse_qs(target.query).get("protocol")
+            refusal = _protocol_refusal(versions[-1] if versions else None)
+        if refusal is None:
+            address = service.client_address(self.peer, request.headers.get_all("x-forwarded-for"))
+            admitted = (
+                self.hold(service.track_address(address))
+                and service.admit()
+                and self.hold(service.track_session(self))
+            )
+            if not admitted:
+                refusal = pusher.OVER_CAPACITY, "too many connections; back off"
+        if refusal is not None:
+            self._end(*refusal)
+            return
+        self._established = True
+        self.send_text(
+            pusher.connection_established(self.socket_id, settings.pusher_activity_timeout)
         )
-        return code
+        self._expect_activity()
+
+    def received(self, data: bytes, text: str | None) -> None:
+        if not self._established:
+            return  # refused: its close is on the way
+        self.heard = time.monotonic()
+        if len(data) > self.settings.max_frame_bytes:
+            self.close(protocol.CLOSE_TOO_BIG)
+            return
+        # Every message counts, text or binary: a flood of either is the same flood.
+        if not self.limiter.allow(self.heard):
+            if self.limiter.exhausted:
+                self.close(pusher.OVER_CAPACITY)
+            else:
+                self._error(pusher.CLIENT_EVENT_REJECTED, "too many messages; slow down")
+            return
+        if text is None:
+            self._error(None, "frames must be UTF-8 JSON text")
+            return
+        try:
+            self._handle(pusher.parse_client_frame(text))
+        except PusherError as error:
+            self._error(None, error.message)
+
+    def ended(self) -> None:
+        if self._activity is not None:
+            self._activity.cancel()
+            self._activity = None
+        if self.service.pusher_hub is not None:
+            self.hub.forget(self, self.host, self.user_id)
+        self.host.clear()
+        super().ended()
+
+    # -- the activity timeout ------------------------------------------------------------
+
+    def _expect_activity(self) -> None:
+        """Ping a client silent for activity_timeout; close with 4201 if it stays silent."""
+        quiet_until = self.heard + self.settings.pusher_activity_timeout
+        delay = max(0.0, quiet_until - time.monotonic())
+        self._activity = asyncio.get_running_loop().call_later(delay, self._quiet)
+
+    def _quiet(self) -> None:
+        self._activity = None
+        if not self.open():
+            return
+        now = time.monotonic()
+        if now < self.heard + self.settings.pusher_activity_timeout:
+            self._expect_activity()  # heard meanwhile: wait from then
+            return
+        self._pinged = now
+        self.frames.send(pusher.frame("pusher:ping", "{}"))
+        loop = asyncio.get_running_loop()
+        self._activity = loop.call_later(self.settings.pusher_pong_timeout, self._pong_due)
+
+    def _pong_due(self) -> None:
+        self._activity = None
+        if self.heard >= self._pinged:
+            self._expect_activity()
+            return
+        self.frames.send(pusher.error(pusher.PONG_NOT_RECEIVED, "pong reply not received"))
+        self.outbox.close_after_flush(pusher.PONG_NOT_RECEIVED)
+
+    def _end(self, code: int, message: str) -> None:
+        """Refuse the connection: the error, then a close with its code."""
+        self._established = True  # for the error frame only: nothing else is sent
+        self.send_text(pusher.error(code, message))
+        self._established = False
+        self.close(code)
 
     # -- client frames -------------------------------------------------------------------
 
@@ -219,9 +262,9 @@ class PusherSession:
             return
         assert isinstance(name, str)
         channel = pusher.own_channel(name)
-        if name in self.host or (channel is not None and channel in self.own):
+        if name in self.host or (channel is not None and channel in self.channels):
             return  # subscribing twice: the first subscription stands
-        if len(self.own) + len(self.host) >= self.service.settings.max_subscriptions:
+        if len(self.channels) + len(self.host) >= self.service.settings.max_subscriptions:
             self._refuse(name, 429, "subscription limit reached")
             return
         if name.startswith(pusher.PRESENCE):
@@ -257,7 +300,7 @@ class PusherSession:
         if channel.kind is Kind.WALL and self.user_id is None:
             self._refuse(name, 403, "a wall needs a signed-in connection (pusher:signin)")
             return
-        self.own.add(channel)
+        self.channels.add(channel)
         self.outbox.cancel_close()
         self.service.engine.subscribe(self, channel, granted=self.user_id is None)
 
@@ -274,8 +317,8 @@ class PusherSession:
             self.hub.leave(self, name)
             return
         channel = pusher.own_channel(name)
-        if channel is not None and channel in self.own:
-            self.own.discard(channel)
+        if channel is not None and channel in self.channels:
+            self.channels.discard(channel)
             self.frames.confirmed.discard(channel.name)
             self.service.engine.unsubscribe(self, channel)
 
@@ -296,6 +339,11 @@ class PusherSession:
             user_id = pusher.signed_user_id(user_data)
         except PusherError as error:
             self._error(pusher.UNAUTHORIZED, error.message)
+            return
+        if not self.hold(self.service.track_user(user_id)):
+            # OPSPUSH_MAX_CONNECTIONS_PER_USER counts this user's sockets on both endpoints.
+            self.frames.send(pusher.error(pusher.OVER_CAPACITY, "too many connections"))
+            self.outbox.close_after_flush(pusher.OVER_CAPACITY)
             return
         self.user_id = user_id
         self.hub.signed_in(self, user_id)
@@ -320,76 +368,12 @@ def _protocol_refusal(query: str | None) -> tuple[int, str] | None:
     return None
 
 
-async def pusher_endpoint(websocket: WebSocket) -> None:
-    service: Service = websocket.app.state.service
-    settings = service.settings
-    denial = service.upgrade_refusal(
-        websocket.headers.getlist("origin"), websocket.headers.getlist("host")
-    )
-    if denial is not None:
-        await _deny(websocket, *denial)
-        return
-    if service.draining or settings.pusher is None:
-        await websocket.close(code=protocol.CLOSE_RESTARTING)
-        return
-    address = service.client_address(
-        websocket.client.host if websocket.client else None,
-        websocket.headers.getlist("x-forwarded-for"),
-    )
-    try:
-        await websocket.accept()
-    except WebSocketDisconnect:
-        return
-    refusal: tuple[int, str] | None = None
-    if websocket.path_params.get("key") != settings.pusher.key:
-        refusal = pusher.APP_NOT_FOUND, "unknown app key"
-    else:
-        refusal = _protocol_refusal(websocket.query_params.get("protocol"))
-    if refusal is not None:
-        await _refuse(websocket, *refusal)
-        return
-    code: int | None = None
-    with service.track_address(address) as admitted:
-        if not admitted or not service.admit():
-            await _refuse(websocket, pusher.OVER_CAPACITY, "too many connections; back off")
-            return
-        code = await _serve(websocket, service)
-    if code is not None:
-        await close_quietly(websocket, code)
+def connection_factory(service_of: Callable[[], Service | None]) -> Callable[..., Any]:
+    """What uvicorn calls for an upgrade to `/app/...` (see web/deadline.py)."""
 
+    def create(config: Any, server_state: Any, app_state: Any) -> PusherConnection:
+        service = service_of()
+        assert service is not None, "the service starts before uvicorn serves"
+        return PusherConnection(server_state, service=service)
 
-async def _deny(websocket: WebSocket, status: int, text: str) -> None:
-    """Refuse the upgrade with an HTTP status, before accept."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
-    else:
-        await websocket.close(code=1008)  # a server without the extension answers 403
-
-
-async def _refuse(websocket: WebSocket, code: int, message: str) -> None:
-    try:
-        await websocket.send_text(pusher.error(code, message))
-    except WebSocketDisconnect:
-        return
-    await close_quietly(websocket, code)
-
-
-async def _serve(websocket: WebSocket, service: Service) -> int | None:
-    session = PusherSession(websocket, service, new_socket_id())
-    with service.track_session(session) as admitted:
-        if not admitted:
-            return pusher.OVER_CAPACITY
-        try:
-            await websocket.send_text(
-                pusher.connection_established(
-                    session.socket_id, service.settings.pusher_activity_timeout
-                )
-            )
-        except WebSocketDisconnect:
-            return None
-        code = await session.run()
-    if session.stalled and code is not None:
-        await close_quietly(websocket, code)
-        abort_connection(websocket)
-        return None
-    return code
+    return create

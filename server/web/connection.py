@@ -403,3 +403,16 @@ class FrameConnection(asyncio.Protocol):
         self.conn.send_ping(b"")
         self.send_pending()
         self._schedule_ping()
+
+
+class NoSuchPath(FrameConnection):
+    """An upgrade to a path no endpoint serves: 404, as the app answers it over HTTP."""
+
+    def refuse(self, request: Request) -> tuple[int, str] | None:
+        return 404, "Not Found"
+
+
+def no_such_path(config: Any, server_state: Any, app_state: Any) -> NoSuchPath:
+    """uvicorn's `ws` protocol: every path it is left with is one nobody serves."""
+    limits = FrameLimits(rate=0, burst=1, max_fragments=1, flood_code=CLOSE_INTERNAL)
+    return NoSuchPath(server_state, max_size=1024, ping_interval=0, limits=limits)

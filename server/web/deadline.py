@@ -94,8 +94,9 @@ class _Warnings:
 class _Guarded:
     """The guards above, for either of uvicorn's HTTP protocols (mixed in before it).
 
-    It also routes upgrades: a path in `websocket_paths` gets its own protocol (`/ws`: see
-    websocket.py) instead of uvicorn's ASGI WebSocket.
+    It also routes upgrades: a path in `websocket_paths` (see `websocket_route`) gets its
+    own protocol (`/ws`: web/websocket.py; `/app/{key}`: pusher/websocket.py), any other
+    the one uvicorn was configured with (`ws`: a 404).
     """
 
     # Set per server by `http_protocol` (the class attributes of the type it makes).
@@ -178,7 +179,9 @@ class _Guarded:
         self._release()  # the socket is counted by its own limits from here on
         # h11 passes its request; httptools has parsed only the target so far.
         target: bytes = event[0].target if event else self.url
-        own = self.websocket_paths.get(unquote(target.partition(b"?")[0].decode("latin-1")))
+        own = websocket_route(
+            self.websocket_paths, unquote(target.partition(b"?")[0].decode("latin-1"))
+        )
         if own is not None:
             self.ws_protocol_class = own
         super().handle_websocket_upgrade(*event)  # type: ignore[misc]
@@ -218,6 +221,19 @@ class _Guarded:
                 open_now,
                 soft,
             )
+
+
+def websocket_route(
+    paths: dict[str, Callable[..., asyncio.Protocol]], path: str
+) -> Callable[..., asyncio.Protocol] | None:
+    """The protocol for an upgrade to `path`: a key ending in "/" is a prefix, followed by
+    one segment (`/app/` serves `/app/{key}`); any other key, that path exactly."""
+    own = None if path.endswith("/") else paths.get(path)
+    if own is None:
+        prefix, _, segment = path.rpartition("/")
+        if prefix and segment:
+            own = paths.get(prefix + "/")
+    return own
 
 
 class H11Guarded(_Guarded, H11Protocol):
