@@ -1,6 +1,7 @@
 """Start `opspush serve` for the benchmark: own CPU, enough file descriptors, same code path.
 
-Usage: python -m bench.serve --cpus 0 --port 8765 [--workers N]   (settings: the environment)
+Usage: python -m bench.serve --cpus 0 --port 8765 [--workers N]   (settings: the environment;
+BENCH_PROFILE=FILE writes the server's cProfile stats there when it stops)
 """
 
 from __future__ import annotations
@@ -44,7 +45,18 @@ def main() -> int:
     from opspush.commands.cli import main as opspush
 
     argv = ["serve", "--host", "127.0.0.1", "--port", str(args.port)]
-    return opspush([*argv, "--workers", str(args.workers)] if args.workers > 1 else argv)
+    if args.workers > 1:
+        argv += ["--workers", str(args.workers)]
+    profile_to = os.environ.get("BENCH_PROFILE")  # a file: the server's cProfile stats
+    if not profile_to:
+        return opspush(argv)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(opspush, argv)
+    finally:
+        profiler.dump_stats(profile_to)
 
 
 if __name__ == "__main__":

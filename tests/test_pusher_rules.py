@@ -10,6 +10,7 @@ import pytest
 from pusher.http import Request
 
 from opspush.config import ConfigError, Settings
+from opspush.core import protocol
 from opspush.core.channels import Channel, Kind
 from opspush.database.relay import CHUNK, Reassembler, chunks
 from opspush.pusher import protocol as pusher
@@ -188,6 +189,27 @@ def test_engine_frames_in_pushers_words() -> None:
     assert (end["event"], json.loads(end["data"])) == ("opspush.end", {"reason": "revoked"})
     error = '{"type":"error","ch":"run:4","code":"forbidden","message":"no"}'
     assert json.loads(pusher.translate(error))["data"]["status"] == 403
+
+
+@pytest.mark.parametrize(
+    ("ch", "data", "interval"),
+    [
+        ("run:4", {"id": 4}, 5),
+        ("run:12", {"id": 12, "summary_counts": {"processed": 5}, "progress": 0.00005}, 10),
+        ("review-pack:7", {"tenant": {"name": 'a "quoted", data: name'}, "pack": None}, None),
+        ("wall:3", {"workspace_id": 3, "runs": [{"id": 1, "note": "interval"}]}, 1),
+        ("run:9", {"text": ',"interval":99}', "é": "€"}, None),
+    ],
+)
+def test_a_state_sliced_into_pushers_words_is_the_parsed_translation(
+    ch: str, data: dict[str, object], interval: int | None
+) -> None:
+    """The sliced fast path says exactly what parsing the frame would."""
+    state = protocol.state_frame(ch, protocol.encode(data), interval)
+    frame = json.loads(pusher.translate(state))
+    kind, _, ref = ch.partition(":")
+    assert frame["event"] == "opspush.state" and frame["channel"] == f"private-opspush.{kind}.{ref}"
+    assert json.loads(frame["data"]) == {"data": data, "interval": interval}
 
 
 def test_relay_chunks_reassemble_in_any_interleaving() -> None:
