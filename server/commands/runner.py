@@ -17,12 +17,12 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ..config import Settings
-from ..pusher.websocket import PATH_PREFIX
-from ..pusher.websocket import connection_factory as pusher_connection_factory
+from ..pusher.websocket import PATH_PREFIX, PusherConnection
 from ..web.connection import no_such_path
 from ..web.deadline import BASE as HTTP_BASE
 from ..web.deadline import MAX_HEAD_BYTES, http_protocol
-from ..web.websocket import connection_factory
+from ..web.engine_socket import connection_factory
+from ..web.websocket import ViewerConnection
 
 # Headers whose values are credentials: never logged, at any level.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -91,9 +91,11 @@ def uvicorn_config(
     def service() -> Any:
         return getattr(app.state, "service", None)
 
-    paths: dict[str, Callable[..., asyncio.Protocol]] = {"/ws": connection_factory(service)}
+    paths: dict[str, Callable[..., asyncio.Protocol]] = {
+        "/ws": connection_factory(ViewerConnection, service)
+    }
     if settings.pusher is not None:
-        paths[PATH_PREFIX] = pusher_connection_factory(service)  # /app/{key}
+        paths[PATH_PREFIX] = connection_factory(PusherConnection, service)  # /app/{key}
     config = uvicorn.Config(
         app,
         host=settings.host,

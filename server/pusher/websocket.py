@@ -366,14 +366,3 @@ def _protocol_refusal(query: str | None) -> tuple[int, str] | None:
     if int(query) < pusher.MIN_PROTOCOL:
         return pusher.OLD_PROTOCOL, "protocol version 7 or later is required"
     return None
-
-
-def connection_factory(service_of: Callable[[], Service | None]) -> Callable[..., Any]:
-    """What uvicorn calls for an upgrade to `/app/...` (see web/deadline.py)."""
-
-    def create(config: Any, server_state: Any, app_state: Any) -> PusherConnection:
-        service = service_of()
-        assert service is not None, "the service starts before uvicorn serves"
-        return PusherConnection(server_state, service=service)
-
-    return create

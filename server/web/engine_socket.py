@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import protocol
@@ -153,3 +154,17 @@ class EngineSocket(FrameConnection):
         self.close(self.too_many)
         log.info("aborting the connection of a viewer that reads nothing")
         self.abort()
+
+
+def connection_factory(
+    endpoint: Callable[..., EngineSocket], service_of: Callable[[], Service | None]
+) -> Callable[..., EngineSocket]:
+    """What uvicorn calls for an upgrade routed to `endpoint` (see deadline.py); the service
+    is looked up then, since the app's lifespan makes it after uvicorn's config exists."""
+
+    def create(config: Any, server_state: Any, app_state: Any) -> EngineSocket:
+        service = service_of()
+        assert service is not None, "the service starts before uvicorn serves"
+        return endpoint(server_state, service=service)
+
+    return create

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Frame
@@ -239,14 +238,3 @@ class ViewerConnection(EngineSocket):
     def _error(self, ch: str | None, code: protocol.ErrorCode, message: str) -> None:
         self.service.stats.errors[code] += 1
         self.outbox.put(protocol.error_frame(ch, code, message))
-
-
-def connection_factory(service_of: Callable[[], Service | None]) -> Callable[..., Any]:
-    """What uvicorn calls for an upgrade to `/ws` (see `deadline.py`)."""
-
-    def create(config: Any, server_state: Any, app_state: Any) -> ViewerConnection:
-        service = service_of()
-        assert service is not None, "the service starts before uvicorn serves"
-        return ViewerConnection(server_state, service=service)
-
-    return create
