@@ -1,7 +1,7 @@
 """Plain HTTP reads for clients that cannot hold a socket (and the polling baseline).
 
 Authorized exactly like the channels: the same decisions, so the same 404 for missing and
-out-of-scope things, and 403 only inside scope; a token with a `channels` claim (attach.md)
+out-of-scope things, and 403 only inside scope; a token with a `channels` claim (docs/attach.md)
 reads what it lists and nothing else, as on the socket.
 """
 
