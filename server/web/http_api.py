@@ -123,7 +123,8 @@ async def review_pack_endpoint(request: Request) -> Response:
         if row is None or decision != "allowed":
             return _refusal(decision)
         pack = row if row["id"] is not None else None
-        return _json(views.pack_data(tenant_id, pack), views.pack_interval(pack))
+        data = views.pack_data(tenant_id, pack, tenant_name=row["tenant_name"])
+        return _json(data, views.pack_interval(pack))
 
     return await _authorized(request, "tenant_id", read)
 

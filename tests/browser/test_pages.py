@@ -158,13 +158,16 @@ async def test_pack_card_goes_from_in_progress_to_ready(
     manual: RunningServer, clock: ManualClock, db: Factory, page: Any
 ) -> None:
     ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    tenant = await db.tenant(ws, "Contoso")
     user = await db.user(ws, "readonly", tenants=[tenant])
     await db.pack(ws, tenant, status="expired")  # an older pack: the card shows the latest
     pack = await db.pack(ws, tenant, status="queued")
     await open_page(page, page_url(manual, f"/tenants/{tenant}/review-pack", user))
     await page.wait_for_selector('[data-pack-status="queued"]')
     assert "In progress" in await page.locator(".pack-card").inner_text()
+    # The page is headed by the tenant's name, not its id.
+    await page.wait_for_selector('#tenant-title:text-is("Contoso")')
+    assert await page.title() == "Contoso · Review pack · opspush"
 
     await db.update_pack(pack, status="generating")
     await step(manual, clock, 10.0)
@@ -191,11 +194,12 @@ async def test_pack_card_goes_from_in_progress_to_ready(
 
 async def test_pack_card_without_a_pack(server: RunningServer, db: Factory, page: Any) -> None:
     ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    tenant = await db.tenant(ws, "Northwind Traders")
     user = await db.user(ws, "owner")
     await page.goto(page_url(server, f"/tenants/{tenant}/review-pack", user))
     await page.wait_for_selector('[data-pack-status="none"]')
     await page.wait_for_selector('[data-connection="final"]')
+    assert await page.locator("#tenant-title").inner_text() == "Northwind Traders"
 
 
 async def test_wall_shows_a_new_run_and_its_completion(
