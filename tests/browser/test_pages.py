@@ -202,6 +202,24 @@ async def test_pack_card_without_a_pack(server: RunningServer, db: Factory, page
     assert await page.locator("#tenant-title").inner_text() == "Northwind Traders"
 
 
+async def test_index_page_drops_the_token_from_the_address_and_keeps_it_in_its_links(
+    server: RunningServer, db: Factory, page: Any
+) -> None:
+    user = await db.user(await db.workspace(), "owner")
+    token = server.token(user)
+    await page.goto(f"{server.http_url}/#token={token}")
+    await page.wait_for_function("location.hash === ''")
+    assert await page.evaluate("location.href") == f"{server.http_url}/"
+    links = page.locator("a[data-page]")
+    assert await links.count() == 3
+    for href in await links.evaluate_all("(links) => links.map((a) => a.getAttribute('href'))"):
+        assert href.endswith(f"#token={token}")
+    # What the address bar no longer shows, the next page still gets: the link carries it.
+    await page.click('a[data-page="/runs/"]')
+    await page.wait_for_selector('[data-connection="live"], [data-error]')
+    assert await page.evaluate("location.href") == f"{server.http_url}/runs/1"
+
+
 async def test_wall_shows_a_new_run_and_its_completion(
     manual: RunningServer, clock: ManualClock, db: Factory, page: Any
 ) -> None:
