@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PusherApp:
-    """The Pusher app the host's broadcaster is configured with (pusher.md)."""
+    """The Pusher app the host's broadcaster is configured with (docs/pusher.md)."""
 
     app_id: str
     key: str
@@ -73,7 +73,7 @@ class Settings:
     workers: int = 1  # worker processes of `serve` on one port; 0: one per core
     expected_sockets: int = 10_000  # below this, the open-file limit is reported as too low
     log_level: str = "info"
-    # Attach mode (attach.md): the mapping file and opspush's schema in the host database.
+    # Attach mode (docs/attach.md): the mapping file and opspush's schema in the host database.
     config_file: str | None = None  # OPSPUSH_CONFIG; None: standalone
     attach_schema: str | None = None
     max_channel_token_ttl: float = 900.0  # a token with a `channels` claim lives this long at most

@@ -1,4 +1,4 @@
--- The tables of domain.md. Every foreign key cascades so that deleting a workspace,
+-- The tables of docs/domain.md. Every foreign key cascades so that deleting a workspace,
 -- a tenant or a user removes what hangs off it; the push service then sees `gone`.
 
 CREATE TABLE workspaces (

@@ -11,23 +11,39 @@ const CONNECTION = { initialized: "connecting", connecting: "connecting", connec
 /**
  * An Echo connection seen through the one method the run viewer uses: `subscribe(ch, handlers)`.
  * `run:42` is Echo's `private('opspush.run.42')`; its events are `.opspush.state` and `.opspush.end`.
+ * As with opspush's own client, a subscription is over after `end` or a refusal, and when the
+ * last one is over the connection is closed: nothing more will come, so the page is final.
  * @param {any} echo
  */
 export function echoClient(echo) {
+  let open = 0;
   return {
     subscribe(/** @type {string} */ ch, /** @type {any} */ handlers) {
       const name = `opspush.${ch.replace(":", ".")}`;
+      let over = false;
+      const finish = () => {
+        if (over) return;
+        over = true;
+        echo.leave(name);
+        open -= 1;
+        if (open === 0) echo.disconnect(); // pusher-js then says "disconnected": final
+      };
+      open += 1;
       echo
         .private(name)
         .listen(".opspush.state", (/** @type {any} */ p) =>
           handlers.onState?.(p.data, { ch, interval: p.interval }))
-        .listen(".opspush.end", (/** @type {any} */ p) => handlers.onEnd?.(p.reason))
+        .listen(".opspush.end", (/** @type {any} */ p) => {
+          handlers.onEnd?.(p.reason);
+          finish();
+        })
         .error((/** @type {any} */ e) => {
           const status = e?.status ?? 0;
           const code = STATUS_CODES[/** @type {keyof typeof STATUS_CODES} */ (status)] ?? "error";
           handlers.onError?.(code, e?.error ?? `refused (${status})`);
+          finish();
         });
-      return { unsubscribe: () => echo.leave(name) };
+      return { unsubscribe: finish };
     },
   };
 }

@@ -7,8 +7,18 @@ startPage({
   noun: "tenant",
   mount(root, client, id) {
     const heading = document.getElementById("tenant-title");
-    if (heading) heading.textContent = `Tenant ${id}`;
-    document.title = `Tenant ${id} · Review pack · opspush`;
+    /** @param {string} name */
+    const name = (name) => {
+      if (heading) heading.textContent = name;
+      document.title = `${name} · Review pack · opspush`;
+    };
+    name(`Tenant ${id}`); // until the first state names it
+    // A second handle on the card's channel: it shares the card's subscription.
+    client.subscribe(`review-pack:${id}`, {
+      onState: (data) => {
+        if (typeof data?.tenant_name === "string" && data.tenant_name) name(data.tenant_name);
+      },
+    });
     mountReviewPackCard(root, { client, tenantId: id });
   },
 });

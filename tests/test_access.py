@@ -1,4 +1,4 @@
-"""Who may watch what: domain.md's table, row by row, as pure decisions."""
+"""Who may watch what: docs/domain.md's table, row by row, as pure decisions."""
 
 from __future__ import annotations
 

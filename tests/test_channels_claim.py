@@ -1,4 +1,4 @@
-"""Access decided by the host at mint time: a token's `channels` claim (attach.md)."""
+"""Access decided by the host at mint time: a token's `channels` claim (docs/attach.md)."""
 
 from __future__ import annotations
 

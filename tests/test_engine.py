@@ -241,12 +241,13 @@ async def test_review_pack_card_without_a_pack_is_final_at_once(
     manual: RunningServer, db: Factory, viewers: list[Viewer]
 ) -> None:
     ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    tenant = await db.tenant(ws, "Contoso")
     user = await db.user(ws, "owner")
     viewer = await manual.connect(user)
     viewers.append(viewer)
     state = await viewer.subscribe(f"review-pack:{tenant}")
-    assert state["data"] == {"tenant_id": tenant, "pack": None} and state["interval"] is None
+    assert state["data"] == {"tenant_id": tenant, "tenant_name": "Contoso", "pack": None}
+    assert state["interval"] is None
     assert (await viewer.recv())["type"] == "end"
 
 

@@ -1,4 +1,4 @@
-"""Every row of domain.md's status and interval tables, and the boundary ages."""
+"""Every row of docs/domain.md's status and interval tables, and the boundary ages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attach mode (attach.md): opspush's own schema of views over the host's tables.
+"""Attach mode (docs/attach.md): opspush's own schema of views over the host's tables.
 
 `resolve` checks a mapping against the live catalogue (and writes nothing); `attach` creates or
 updates the schema, its views and functions, and optionally the notification triggers on host

@@ -32,7 +32,7 @@ SCHEMA = EXAMPLE / "schema.sql"
 MAPPING = EXAMPLE / "opspush.toml"
 NOW = "(now() AT TIME ZONE 'UTC')"  # what Laravel writes into timestamp(0) columns
 
-# spatie-style permissions of the console's built-in roles (domain.md's defaults).
+# spatie-style permissions of the console's built-in roles (docs/domain.md's defaults).
 PERMISSIONS = {
     "owner": ("operations.view", "review_pack.view", "review_pack.manage"),
     "manager": ("operations.view", "review_pack.view", "review_pack.manage"),

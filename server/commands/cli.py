@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "--channel",
         action="append",
         dest="channels",
-        help="grant this channel only (repeatable; a `channels` token, see attach.md)",
+        help="grant this channel only (repeatable; a `channels` token, see docs/attach.md)",
     )
     token.set_defaults(func=_token)
 

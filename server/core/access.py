@@ -1,4 +1,4 @@
-"""Who may watch what (domain.md, "Who may watch what"), as pure decisions.
+"""Who may watch what (docs/domain.md, "Who may watch what"), as pure decisions.
 
 The storage layer loads the *facts* (a user's memberships and entitlements, the capability
 tables) and the *scope* of the thing watched (a run's workspace, tenant and type; a tenant's

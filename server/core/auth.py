@@ -13,7 +13,7 @@ ALGORITHM = "HS256"
 DEFAULT_MAX_TTL: Final = 24 * 3600.0  # OPSPUSH_MAX_TOKEN_TTL
 CLOCK_SKEW_LEEWAY: Final = 30.0  # seconds an `iat`/`nbf` may lie in our future
 MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime holds
-MAX_CHANNEL_TOKEN_TTL: Final = 900.0  # OPSPUSH_MAX_CHANNEL_TOKEN_TTL (attach.md)
+MAX_CHANNEL_TOKEN_TTL: Final = 900.0  # OPSPUSH_MAX_CHANNEL_TOKEN_TTL (docs/attach.md)
 MAX_GRANTED_CHANNELS: Final = 100
 
 

@@ -1,4 +1,4 @@
-"""The domain rules of domain.md as pure functions of data and the current time.
+"""The domain rules of docs/domain.md as pure functions of data and the current time.
 
 Nothing here does I/O: status normalization, progress, and the interval rules that decide
 when a channel is read next. The subscription engine and the HTTP API both call these, so
@@ -43,7 +43,7 @@ _COMPLETED_OUTCOMES: Final[Mapping[str, DisplayStatus]] = {
 
 
 def display_status(status: str | None, outcome: str | None) -> DisplayStatus:
-    """The status a person sees. The first matching row of domain.md wins."""
+    """The status a person sees. The first matching row of docs/domain.md wins."""
     if status == "failed" or outcome == "failed":
         return "failed"
     if status == "queued":
@@ -81,7 +81,7 @@ def is_active_pack(status: str | None) -> bool:
 def pack_interval(status: str | None) -> int | None:
     """The review pack card: every 10 s while the latest pack is in progress, else done.
 
-    No pack at all, or a status outside domain.md, is final as well: there is nothing
+    No pack at all, or a status outside docs/domain.md, is final as well: there is nothing
     in progress to follow.
     """
     return PACK_INTERVAL if is_active_pack(status) else None

@@ -63,12 +63,13 @@ def run_interval(row: RowLike, now: datetime) -> int | None:
     return rules.run_interval(run_display(row), row["created_at"], now)
 
 
-def pack_data(tenant_id: int, pack: RowLike | None) -> dict[str, Any]:
+def pack_data(tenant_id: int, pack: RowLike | None, *, tenant_name: str | None) -> dict[str, Any]:
     if pack is None:
-        return {"tenant_id": tenant_id, "pack": None}
+        return {"tenant_id": tenant_id, "tenant_name": tenant_name, "pack": None}
     summary = pack["summary"]
     return {
         "tenant_id": tenant_id,
+        "tenant_name": tenant_name,
         "pack": {
             "id": pack["id"],
             "status": pack["status"],

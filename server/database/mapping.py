@@ -1,4 +1,4 @@
-"""The attach mapping file (attach.md): which host table or query stands for each domain table.
+"""The attach mapping file (docs/attach.md): which host table or query stands for each domain table.
 
 Pure: parsing and validating the TOML's shape. Whether the tables, columns and expressions
 exist is the live catalogue's question (see attach/attach.py).
@@ -34,7 +34,7 @@ class Kind(enum.Enum):
 
 ID, TX, OB, LI, TS = Kind.ID, Kind.TEXT, Kind.OBJECT, Kind.LIST, Kind.TIME
 
-# The tables of domain.md, their columns in order, and what each holds.
+# The tables of docs/domain.md, their columns in order, and what each holds.
 DOMAIN: Final[dict[str, dict[str, Kind]]] = {
     "workspaces": {"id": ID, "name": TX},
     "tenants": {"id": ID, "workspace_id": ID, "name": TX, "external_id": TX},

@@ -50,8 +50,8 @@ READ_RUNS = (
 # The tenant row (for scope) with its latest pack, if any; a tenant whose workspace is gone
 # is gone too.
 READ_PACK_CARDS = """
-SELECT t.id AS tenant_id, t.workspace_id, p.id, p.status, p.generated_at, p.expires_at,
-       p.file_size, p.sha256, p.summary, p.created_at
+SELECT t.id AS tenant_id, t.workspace_id, t.name AS tenant_name, p.id, p.status, p.generated_at,
+       p.expires_at, p.file_size, p.sha256, p.summary, p.created_at
 FROM tenants t
 LEFT JOIN LATERAL (
     SELECT * FROM review_packs rp

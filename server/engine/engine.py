@@ -455,7 +455,8 @@ class Engine:
         pack = row if row["id"] is not None else None
         interval = views.pack_interval(pack)
         watch.scope = views.tenant_scope(row)
-        set_state(watch, protocol.encode(views.pack_data(row["tenant_id"], pack)), interval)
+        data = views.pack_data(row["tenant_id"], pack, tenant_name=row["tenant_name"])
+        set_state(watch, protocol.encode(data), interval)
         return interval
 
     def _apply_wall(self, watch: Watch, rows: list[Row]) -> int | None:

@@ -1,4 +1,4 @@
-"""The Pusher HTTP API (pusher.md): the host's events, and terminating a user's connections.
+"""The Pusher HTTP API (docs/pusher.md): the host's events, and terminating a user's connections.
 
 Every request is checked whole before anything is sent (nothing is delivered on any
 error): its query (key, timestamp, signature) before its body is read, so a caller without

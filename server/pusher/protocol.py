@@ -1,4 +1,4 @@
-"""The Pusher Channels protocol (version 7) as pusher.md fixes it: names, signatures, frames.
+"""The Pusher Channels protocol (version 7) as docs/pusher.md has it: names, signatures, frames.
 
 Pure: strings in, strings or a PusherError out. The socket endpoint (web/websocket.py) and
 the HTTP API (api.py) are thin loops around this module.

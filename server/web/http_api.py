@@ -1,7 +1,7 @@
 """Plain HTTP reads for clients that cannot hold a socket (and the polling baseline).
 
 Authorized exactly like the channels: the same decisions, so the same 404 for missing and
-out-of-scope things, and 403 only inside scope; a token with a `channels` claim (attach.md)
+out-of-scope things, and 403 only inside scope; a token with a `channels` claim (docs/attach.md)
 reads what it lists and nothing else, as on the socket.
 """
 
@@ -123,7 +123,8 @@ async def review_pack_endpoint(request: Request) -> Response:
         if row is None or decision != "allowed":
             return _refusal(decision)
         pack = row if row["id"] is not None else None
-        return _json(views.pack_data(tenant_id, pack), views.pack_interval(pack))
+        data = views.pack_data(tenant_id, pack, tenant_name=row["tenant_name"])
+        return _json(data, views.pack_interval(pack))
 
     return await _authorized(request, "tenant_id", read)
 

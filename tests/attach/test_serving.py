@@ -1,8 +1,9 @@
 """Serving from the views of a Laravel-shaped console database, as a least-privilege role.
 
 The console writes its own tables with plain SQL (server/host_demo.Console); opspush reads
-them only through the views of examples/laravel/opspush.toml. domain.md and protocol.md hold
-unchanged: these are the same lifecycles as the standalone tests, on the host's layout.
+them only through the views of examples/laravel/opspush.toml. docs/domain.md and
+docs/protocol.md hold unchanged: these are the same lifecycles as the standalone tests, on the
+host's layout.
 """
 
 from __future__ import annotations

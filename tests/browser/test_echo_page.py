@@ -63,6 +63,13 @@ async def test_echo_page_follows_a_run_to_its_end(
         await page.wait_for_selector('progress[value="25"]')
         await db.update_run(run, status="completed", outcome="failed")
         await page.wait_for_selector('[data-status="failed"]')
+        # The run ended: the page says it is final, as /runs/{id} does, and holds no socket.
+        indicator = page.locator("[data-connection]")
+        await page.wait_for_selector('[data-connection="final"]')
+        assert await indicator.inner_text() == "Final: no more updates"
+        if not sockets[0].is_closed():
+            await sockets[0].wait_for_event("close")
+        assert len(sockets) == 1
     assert console.asked == [f"private-opspush.run.{run}"]
 
 
@@ -74,6 +81,7 @@ async def test_echo_page_says_when_the_host_refuses(
     async with running_host(ps, console_port) as console:  # channels.php allows nothing
         await page.goto(f"{ps.http_url}/echo/runs/{run}#key={APP.key}&auth={console.auth_endpoint}")
         await page.wait_for_selector('[data-error="forbidden"]')
+        await page.wait_for_selector('[data-connection="final"]')  # nothing more will come
 
 
 def test_vendored_clients_are_the_locked_npm_packages() -> None:

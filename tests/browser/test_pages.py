@@ -158,13 +158,16 @@ async def test_pack_card_goes_from_in_progress_to_ready(
     manual: RunningServer, clock: ManualClock, db: Factory, page: Any
 ) -> None:
     ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    tenant = await db.tenant(ws, "Contoso")
     user = await db.user(ws, "readonly", tenants=[tenant])
     await db.pack(ws, tenant, status="expired")  # an older pack: the card shows the latest
     pack = await db.pack(ws, tenant, status="queued")
     await open_page(page, page_url(manual, f"/tenants/{tenant}/review-pack", user))
     await page.wait_for_selector('[data-pack-status="queued"]')
     assert "In progress" in await page.locator(".pack-card").inner_text()
+    # The page is headed by the tenant's name, not its id.
+    await page.wait_for_selector('#tenant-title:text-is("Contoso")')
+    assert await page.title() == "Contoso · Review pack · opspush"
 
     await db.update_pack(pack, status="generating")
     await step(manual, clock, 10.0)
@@ -191,11 +194,30 @@ async def test_pack_card_goes_from_in_progress_to_ready(
 
 async def test_pack_card_without_a_pack(server: RunningServer, db: Factory, page: Any) -> None:
     ws = await db.workspace()
-    tenant = await db.tenant(ws)
+    tenant = await db.tenant(ws, "Northwind Traders")
     user = await db.user(ws, "owner")
     await page.goto(page_url(server, f"/tenants/{tenant}/review-pack", user))
     await page.wait_for_selector('[data-pack-status="none"]')
     await page.wait_for_selector('[data-connection="final"]')
+    assert await page.locator("#tenant-title").inner_text() == "Northwind Traders"
+
+
+async def test_index_page_drops_the_token_from_the_address_and_keeps_it_in_its_links(
+    server: RunningServer, db: Factory, page: Any
+) -> None:
+    user = await db.user(await db.workspace(), "owner")
+    token = server.token(user)
+    await page.goto(f"{server.http_url}/#token={token}")
+    await page.wait_for_function("location.hash === ''")
+    assert await page.evaluate("location.href") == f"{server.http_url}/"
+    links = page.locator("a[data-page]")
+    assert await links.count() == 3
+    for href in await links.evaluate_all("(links) => links.map((a) => a.getAttribute('href'))"):
+        assert href.endswith(f"#token={token}")
+    # What the address bar no longer shows, the next page still gets: the link carries it.
+    await page.click('a[data-page="/runs/"]')
+    await page.wait_for_selector('[data-connection="live"], [data-error]')
+    assert await page.evaluate("location.href") == f"{server.http_url}/runs/1"
 
 
 async def test_wall_shows_a_new_run_and_its_completion(

@@ -1,4 +1,4 @@
-"""Hostile input on the Pusher endpoint and its HTTP API (pusher.md).
+"""Hostile input on the Pusher endpoint and its HTTP API (docs/pusher.md).
 
 Every input gets the protocol's error code or HTTP status, nothing reaches the server log as
 an ERROR, secrets never reach the log, another connection sees no effect, nothing leaks.
@@ -158,7 +158,7 @@ async def test_hostile_pusher_frames_and_api_requests(
         "sign-in, binary and deeply nested frames",
         len(HOSTILE_FRAMES),
         "`pusher:error` or `pusher:subscription_error` with the protocol's code or status, or a "
-        "close from pusher.md; no ERROR log; another connection unaffected; no leak",
+        "close from docs/pusher.md; no ERROR log; another connection unaffected; no leak",
     )
     record(
         "hostile",
@@ -166,7 +166,7 @@ async def test_hostile_pusher_frames_and_api_requests(
         "signatures, unknown app, `opspush.*` channels, 10,241-byte data, presence, 101 "
         "channels, a 300 KB body",
         len(requests),
-        "400/401/403/404/413 as pusher.md says; nothing delivered; the secret never logged",
+        "400/401/403/404/413 as docs/pusher.md says; nothing delivered; the secret never logged",
     )
 
 
