@@ -21,6 +21,7 @@ from .core import protocol, proxy
 from .core.clock import Clock
 from .database.storage import Storage, create_pool
 from .engine.engine import Engine
+from .engine.failures import FailureLog
 from .engine.listener import Listener
 from .engine.stats import EngineStats
 
@@ -59,6 +60,8 @@ class Service:
             settings.admission_rate, settings.admission_burst, time.monotonic()
         )
         self._sessions_changed = asyncio.Event()
+        # The HTTP API's reads that fail: logged once per interval, not per request.
+        self.http_failures = FailureLog(logging.getLogger("opspush.http"), "database read (HTTP)")
         self._pool: asyncpg.Pool | None = None
         self._engine: Engine | None = None
         self.listener: Listener | None = None

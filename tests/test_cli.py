@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,13 @@ import asyncpg
 import pytest
 
 from opspush import __version__ as opspush_version
+from opspush.attach import host_demo
 from opspush.commands.cli import demo_secret
+from opspush.commands.database_errors import where
 from opspush.config import ConfigError, Settings
 from opspush.core.auth import verify_token
-from opspush.database.migrations import discover, migrate
+from opspush.database.mapping import DOMAIN
+from opspush.database.migrations import discover, migrate, new_database
 from tests.conftest import free_socket
 
 
@@ -66,6 +71,166 @@ def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], mess
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("opspush: ")
+
+
+@pytest.fixture(scope="module")
+def schemaless(postgres_server: dict[str, Any]) -> Iterator[dict[str, str]]:
+    """Databases beside the suite's that opspush cannot serve as they are: one empty, one
+    migrated only to its first version, one with views of an older `attach`."""
+    admin_dsn = postgres_server["dsn"]
+    names = {key: f"opspush_test_{key}_{uuid.uuid4().hex[:8]}" for key in ("empty", "old", "views")}
+    first = discover()[0]
+
+    async def create() -> dict[str, str]:
+        dsns = {
+            key: await new_database(admin_dsn, name, replace=True) for key, name in names.items()
+        }
+        old = await asyncpg.connect(dsns["old"])
+        try:  # what `migrate` of the first version left
+            await old.execute(first.path.read_text())
+            await old.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY)")
+            await old.execute("INSERT INTO schema_migrations VALUES ($1)", first.version)
+        finally:
+            await old.close()
+        views = await asyncpg.connect(dsns["views"])
+        try:  # every view, but one without a column this opspush reads
+            await views.execute("CREATE SCHEMA opspush")
+            for table, columns in DOMAIN.items():
+                selected = ", ".join(
+                    f"NULL::text AS {column}"
+                    for column in columns
+                    if (table, column) != ("operation_runs", "updated_at")
+                )
+                await views.execute(f"CREATE VIEW opspush.{table} AS SELECT {selected}")
+        finally:
+            await views.close()
+        return dsns
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            for name in names.values():
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    dsns = asyncio.run(create())
+    try:
+        yield {
+            **dsns,
+            "admin": admin_dsn,
+            "old missing": ", ".join(m.version for m in discover()[1:]),
+        }
+    finally:
+        asyncio.run(drop())
+
+
+MAPPING = str(host_demo.MAPPING)
+ATTACH = f"run `opspush attach --config {MAPPING}`"
+
+# (what, arguments, DATABASE_URL (a key of `schemaless`), OPSPUSH_CONFIG, the line's start).
+# {port} is a port in use (listening); {where} DATABASE_URL's user@host:port/database.
+BAD_INPUT = [
+    (
+        "port in use",
+        ["serve", "--port", "{port}"],
+        "admin",
+        None,
+        "127.0.0.1:{port} is already in use",
+    ),
+    (
+        "port in use, workers",
+        ["serve", "--port", "{port}", "--workers", "2"],
+        "admin",
+        None,
+        "127.0.0.1:{port} is already in use",
+    ),
+    (
+        "port in use, demo",
+        ["demo", "--port", "{port}"],
+        "admin",
+        None,
+        "127.0.0.1:{port} is already in use",
+    ),
+    (
+        "port in use, demo --attach",
+        ["demo", "--attach", "--port", "{port}"],
+        "admin",
+        None,
+        "127.0.0.1:{port} is already in use",
+    ),
+    (
+        "host does not resolve",
+        ["serve", "--host", "999.1.1.1", "--port", "{port}"],
+        "admin",
+        None,
+        "cannot listen on 999.1.1.1:{port}: ",
+    ),
+    (
+        "not migrated",
+        ["serve", "--port", "0"],
+        "empty",
+        None,
+        "the database {where} has no opspush schema: run `opspush migrate`",
+    ),
+    (
+        "not migrated, workers",
+        ["serve", "--port", "0", "--workers", "2"],
+        "empty",
+        None,
+        "the database {where} has no opspush schema: run `opspush migrate`",
+    ),
+    (
+        "migrated by an older opspush",
+        ["serve", "--port", "0"],
+        "old",
+        None,
+        "the database {where} has an opspush schema older than this opspush "
+        "(without {old missing}): run `opspush migrate`",
+    ),
+    (
+        "not attached",
+        ["serve", "--port", "0"],
+        "empty",
+        MAPPING,
+        f'the database {{where}} has no opspush views in schema "opspush": {ATTACH}',
+    ),
+    (
+        "attached by an older opspush",
+        ["serve", "--port", "0"],
+        "views",
+        MAPPING,
+        'the database {where} has opspush views in schema "opspush" older than this opspush '
+        f"(without operation_runs.updated_at): {ATTACH}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "database", "config", "message"),
+    [pytest.param(*row[1:], id=row[0]) for row in BAD_INPUT],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    schemaless: dict[str, str],
+    tmp_path: Path,
+    args: list[str],
+    database: str,
+    config: str | None,
+    message: str,
+) -> None:
+    dsn = schemaless[database]
+    env = {"OPSPUSH_SECRET": SECRET, "DATABASE_URL": dsn, "HOME": str(tmp_path)}
+    if config is not None:
+        env["OPSPUSH_CONFIG"] = config
+    with free_socket() as taken:
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = opspush(*(arg.format(port=port) for arg in args), env=env)
+    names = {"port": port, "where": where(dsn), "old missing": schemaless["old missing"]}
+    expected = "opspush: " + message.format(**names)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == "", result.stdout + result.stderr
 
 
 def test_token_refuses_a_ttl_past_the_cap() -> None:

@@ -485,6 +485,36 @@ async def triggers_installed(db: Db | asyncpg.Pool, schema: str) -> int:
     return count
 
 
+def views_problem(found: dict[str, set[str]], schema: str) -> str | None:
+    """What keeps opspush from serving from `schema`, whose relations have the columns
+    `found`: a view (or a column of one) that the reads need and `attach` did not make."""
+    if not any(name in found for name in DOMAIN):
+        return f'has no opspush views in schema "{schema}"'
+    missing = [
+        f"{name}.{column}" if name in found else name
+        for name, columns in DOMAIN.items()
+        for column in (columns if name in found else [""])
+        if name not in found or column not in found[name]
+    ]
+    if not missing:
+        return None
+    named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return f'has opspush views in schema "{schema}" older than this opspush (without {named})'
+
+
+async def view_columns(db: Db | asyncpg.Pool, schema: str) -> dict[str, set[str]]:
+    """Each relation of `schema` with its columns (catalogue only: any role may ask)."""
+    rows = await db.fetch(
+        """SELECT c.relname, array_agg(a.attname::text) AS columns
+           FROM pg_class c
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           WHERE c.relnamespace = to_regnamespace($1) AND c.relkind IN ('v', 'm', 'r')
+           GROUP BY c.relname""",
+        quote(schema),
+    )
+    return {row["relname"]: set(row["columns"]) for row in rows}
+
+
 class Refused(Exception):
     """The mapping is not usable (or the schema is not ours): nothing was written."""
 

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,40 +165,70 @@ def database(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def listening(settings: Settings, workers: int = 1) -> Iterator[tuple[Settings, socket.socket]]:
+    """The port, bound before anything starts or prints, so that a port in use or a host that
+    does not resolve is the one line said; the settings name the port bound (0: the one
+    picked, which the demo's links need)."""
+    from .runner import bind
+    from .supervisor import reserve
+
+    host, port = settings.host, settings.port
+    sock = reserve(host, port) if workers > 1 else bind(host, port)
+    try:
+        yield settings.with_overrides(port=sock.getsockname()[1]), sock
+    finally:
+        sock.close()
+
+
 def run_server(
-    settings: Settings, dsn: str, *, extra: Any = None, routes: list[Any] | None = None
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    *,
+    workers: int = 1,
+    extra: Any = None,
+    routes: list[Any] | None = None,
 ) -> None:
-    """Serve in this process, or as the supervisor of `settings.workers` worker processes."""
+    """Serve on `sock` (from `listening`) in this process, or as the supervisor of `workers`
+    worker processes."""
     from . import descriptors
     from .runner import serve_app
-    from .supervisor import Supervisor, worker_count
+    from .supervisor import Supervisor
 
-    workers = worker_count(settings.workers) if extra is None else 1
     descriptors.report(descriptors.raise_limit(), workers, settings.expected_sockets)
     if workers > 1:
-        Supervisor(settings, dsn, workers).run()
+        Supervisor(settings, dsn, workers, reserved=sock).run()
     else:
-        serve_app(settings, dsn, on_startup=extra, extra_routes=routes)
+        serve_app(settings, dsn, on_startup=extra, extra_routes=routes, sockets=[sock])
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .supervisor import worker_count
+
     settings = _settings(args)
     configure_logging(settings.log_level)
     if settings.attached and not settings.database_url:
         raise ConfigError("OPSPUSH_CONFIG (attach mode) needs DATABASE_URL: the host's database")
-    with database(settings) as dsn:
+    workers = worker_count(settings.workers)
+    with listening(settings, workers) as (settings, sock), database(settings) as dsn:
         if settings.database_url:
-            _check_database(dsn)  # one line and exit 2, rather than a failed start-up
+            _check_database(dsn, settings)  # one line and exit 2, not a failed start-up
         else:
             _apply_migrations(dsn)  # the embedded database is ours to keep current
-        run_server(settings, dsn)
+        run_server(settings, dsn, sock, workers=workers)
     return 0
 
 
-def _check_database(dsn: str) -> None:
+def _check_database(dsn: str, settings: Settings) -> None:
+    """Reachable, and holding the schema this opspush reads (migrated, or attached)."""
     from . import database_errors
 
-    asyncio.run(database_errors.check(dsn))
+    async def check() -> None:
+        await database_errors.check(dsn)
+        await database_errors.check_schema(dsn, settings.attach_schema, settings.config_file)
+
+    asyncio.run(check())
 
 
 def _apply_migrations(dsn: str) -> list[str]:
@@ -294,9 +325,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import broadcasting_auth_route
 
     routes = [broadcasting_auth_route(settings.pusher)] if settings.pusher else []
-    with database(settings) as dsn:
+    with listening(settings) as (settings, sock), database(settings) as dsn:
         _apply_migrations(dsn)
-        run_server(settings, dsn, extra=_demo_startup(settings), routes=routes)
+        run_server(settings, dsn, sock, extra=_demo_startup(settings), routes=routes)
     return 0
 
 
@@ -316,11 +347,12 @@ def _demo_attach(args: argparse.Namespace) -> int:
     env["OPSPUSH_CONFIG"] = str(host_demo.MAPPING)
     settings = _settings(args, env)
     configure_logging(settings.log_level)
-    with database(settings) as admin_dsn:
+    with listening(settings) as (settings, sock), database(settings) as admin_dsn:
         host = asyncio.run(host_demo.prepare(admin_dsn, say=say))
         run_server(
             settings,
             host.serving_dsn,
+            sock,
             extra=host_demo.startup(settings, host, links=_demo_links),
         )
     return 0

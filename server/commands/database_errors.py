@@ -83,6 +83,39 @@ async def _connect_and_close(dsn: str) -> None:
     await connection.close()
 
 
+async def check_schema(dsn: str, attach_schema: str | None, config_file: str | None) -> None:
+    """DatabaseError with one line when the database has no opspush schema, or an older one:
+    standalone, its migrations (`opspush migrate`); attach mode, the views in `attach_schema`
+    (`opspush attach`). Served as it is, every read would fail, over and over."""
+    problem = await guarded(dsn, lambda: _schema_problem(dsn, attach_schema, config_file))
+    if problem is not None:
+        raise DatabaseError(f"the database {where(dsn)} {problem}")
+
+
+async def _schema_problem(
+    dsn: str, attach_schema: str | None, config_file: str | None
+) -> str | None:
+    from ..attach.attach import view_columns, views_problem
+    from ..database.migrations import applied_versions, discover, schema_problem
+
+    connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        if attach_schema is not None:
+            found = await view_columns(connection, attach_schema)
+            problem = views_problem(found, attach_schema)
+            remedy = f"run `opspush attach --config {config_file}`"
+        else:
+            try:
+                applied = await applied_versions(connection)
+            except asyncpg.InsufficientPrivilegeError:
+                return None  # a role that may not read the ledger: its reads will tell
+            problem = schema_problem(applied, [m.version for m in discover()])
+            remedy = "run `opspush migrate`"
+    finally:
+        await connection.close()
+    return None if problem is None else f"{problem}: {remedy}"
+
+
 async def guarded(dsn: str, call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, with the errors of a bad or unreachable database as DatabaseError."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import re
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import uvicorn
 from starlette.applications import Starlette
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..pusher.websocket import PATH_PREFIX, PusherConnection
 from ..web.connection import no_such_path
 from ..web.deadline import BASE as HTTP_BASE
@@ -142,6 +143,40 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class ListenError(ConfigError):
+    """The address cannot be listened on: one line, exit 2 (the CLI prints it)."""
+
+
+def address(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_problem(host: str, port: int, error: OSError) -> str:
+    """The one line for a failed bind, naming the address."""
+    place = address(host, port)
+    if error.errno == errno.EADDRINUSE:
+        return f"{place} is already in use"
+    return f"cannot listen on {place}: {error.strerror or error}"
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port (not yet listening), as uvicorn would bind it; a port
+    in use or a host that does not resolve is a ListenError. Bound before anything starts or
+    prints, so that such a mistake is the only thing said."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ListenError(listen_problem(host, port, error)) from None
+    return sock
+
+
 class Server(uvicorn.Server):
     """uvicorn's server, except that a SIGTERM it handled gracefully ends with exit 0.
 
@@ -153,7 +188,17 @@ class Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, *, worker: bool = False) -> None:
         super().__init__(config)
+        self.worker = worker
         self.quiet_signals = {signal.SIGTERM, signal.SIGINT} if worker else {signal.SIGTERM}
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and not self.worker and not self.should_exit:
+            # uvicorn says where it listens only for sockets it bound itself.
+            host, port = sockets[0].getsockname()[:2]
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s (Press CTRL+C to quit)", address(host, port)
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -169,9 +214,11 @@ def serve_app(
     on_startup: Any = None,
     extra_routes: list[Any] | None = None,
     sockets: list[socket.socket] | None = None,
+    worker: bool = False,
     shared_metrics: SharedMetrics | None = None,
 ) -> None:
-    """Build the app and serve it until a signal: one process, or one worker of several."""
+    """Build the app and serve it until a signal: one process, or one worker of several
+    (`worker`); on `sockets` already bound, or on a socket uvicorn binds."""
     from ..app import create_app
 
     app = create_app(
@@ -182,4 +229,4 @@ def serve_app(
         shared_metrics=shared_metrics,
     )
     tune_gc()
-    Server(uvicorn_config(app, settings), worker=sockets is not None).run(sockets=sockets)
+    Server(uvicorn_config(app, settings), worker=worker).run(sockets=sockets)

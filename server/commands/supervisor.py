@@ -43,12 +43,25 @@ def worker_count(requested: int) -> int:
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+    from .runner import bind
+
+    return bind(host, port, reuse_port=True)
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """The supervisor's hold on the port; a ListenError (one line) if it is taken.
+
+    A socket with SO_REUSEPORT may share a port another process's SO_REUSEPORT sockets
+    listen on (another `serve --workers`): a plain bind first proves the port is free.
+    """
+    from .runner import bind
+
+    probe = bind(host, port)
+    try:
+        port = probe.getsockname()[1]  # port 0: the free one picked, for everyone
+    finally:
+        probe.close()
+    return reuseport_socket(host, port)
 
 
 @dataclass
@@ -61,15 +74,19 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, dsn: str, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, dsn: str, workers: int, reserved: socket.socket | None = None
+    ) -> None:
+        """`reserved`: the port, already reserved (`reserve`); else it is reserved in `run`."""
         self.settings = settings
+        self.reserved = reserved
         self.dsn = dsn
         self.slots = [_Slot(index) for index in range(workers)]
         self._stopping = False
         self._context = multiprocessing.get_context("spawn")
 
     def run(self) -> int:
-        reserved = reuseport_socket(self.settings.host, self.settings.port)
+        reserved = self.reserved or reserve(self.settings.host, self.settings.port)
         # Port 0 picks a free port once, here; every worker then binds that one.
         settings = self.settings.with_overrides(port=reserved.getsockname()[1])
         metrics_dir = tempfile.mkdtemp(prefix="opspush-metrics-")
@@ -167,6 +184,6 @@ def _worker_main(settings: Settings, dsn: str, index: int, metrics_dir: str) -> 
     sock = reuseport_socket(settings.host, settings.port)
     shared = SharedMetrics(metrics_dir, os.getpid())
     try:
-        serve_app(settings, dsn, sockets=[sock], shared_metrics=shared)
+        serve_app(settings, dsn, sockets=[sock], worker=True, shared_metrics=shared)
     finally:
         sock.close()

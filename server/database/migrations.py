@@ -39,6 +39,31 @@ def discover(directory: Path | None = None) -> list[Migration]:
     return found
 
 
+def schema_problem(applied: set[str] | None, known: list[str]) -> str | None:
+    """What keeps opspush from serving a database with these migrations `applied` (None: no
+    `schema_migrations` at all), against the `known` ones of this version; None if nothing.
+
+    Versions the code does not know are fine: a newer opspush migrated it, and migrations
+    only add, so a replica not yet upgraded keeps serving during a rolling deploy.
+    """
+    if applied is None:
+        return "has no opspush schema"
+    missing = [version for version in known if version not in applied]
+    if not missing:
+        return None
+    if not applied:
+        return "has no opspush schema"
+    return f"has an opspush schema older than this opspush (without {', '.join(missing)})"
+
+
+async def applied_versions(connection: asyncpg.Connection) -> set[str] | None:
+    """The migrations recorded in this database (None: no `schema_migrations`)."""
+    if not await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return None
+    rows = await connection.fetch("SELECT version FROM schema_migrations")
+    return {row["version"] for row in rows}
+
+
 async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     """Apply what is missing; return the versions applied now."""
     migrations = discover(directory)

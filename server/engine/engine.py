@@ -31,13 +31,14 @@ from collections.abc import Coroutine, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from ..core import access, protocol, rules, views
+from ..core import access, protocol, retry, rules, views
 from ..core.access import Decision, RunScope, TenantScope, UserFacts
 from ..core.channels import Channel, Kind
 from ..core.clock import Clock, SystemClock
 from ..database.storage import AccessSnapshot, Row, Storage
 from ..tasks import cancel_and_wait
 from .facts import FactsCache
+from .failures import FailureLog
 from .fanout import Fanout, set_state
 from .schedule import Schedule
 from .stats import EngineStats
@@ -74,11 +75,13 @@ class Engine:
         self._read_seq = 0  # reads issued so far
         self._next_recheck = self.clock.monotonic() + recheck_interval
         self._access_retry = 0.0  # backoff of access loads while the database fails them
+        self._access_retry_at = 0.0  # no access load before this (monotonic)
         self._wake = asyncio.Event()
         # At most one statement in flight per kind (and one access load): a slow one is not
         # queued behind, and the other kinds keep their cadence meanwhile.
         self._inflight: dict[Kind | str, asyncio.Task[None]] = {}
         self._failing: set[Kind | str] = set()
+        self._failures = FailureLog(log, "database read")
         self._task: asyncio.Task[None] | None = None
 
     # -- lifetime ------------------------------------------------------------------------
@@ -118,6 +121,8 @@ class Engine:
     def _seconds_to_next_due(self) -> float:
         now = self.clock.monotonic()
         candidates = [self._next_recheck]
+        if self._access_retry_at > now:
+            candidates.append(self._access_retry_at)  # facts someone waits for, retried then
         due = self._schedule.next_due(self.watches)
         if due is not None:
             candidates.append(due)
@@ -305,7 +310,8 @@ class Engine:
             )
         if recheck:
             users |= self._watching_users()
-        if (users or recheck) and _ACCESS not in self._inflight:
+        backing_off = now < self._access_retry_at  # the last access load failed
+        if (users or recheck) and _ACCESS not in self._inflight and not backing_off:
             started.append(self._spawn(_ACCESS, self._load_access(sorted(users), now, recheck)))
         self._answer_all_pending()
         return started
@@ -322,11 +328,13 @@ class Engine:
         if task.cancelled():
             return
         error = task.exception()
+        now = self.clock.monotonic()
         if error is None:
             self._failing.discard(key)
+            self._failures.succeeded(str(key), now)
         else:
             self._failing.add(key)
-            log.warning("database read failed (%s): %s", key, error)
+            self._failures.failed(str(key), error, now)  # once per interval, not per attempt
         self.wake()  # work deferred behind this one may be waiting
 
     def _answer_all_pending(self) -> None:
@@ -359,6 +367,8 @@ class Engine:
                 continue
             if channel not in forced and self._fresh(watch):
                 continue  # a newcomer to a live channel is served from memory
+            if channel not in scheduled and self._backing_off(watch, now):
+                continue  # its retry, scheduled, reads it (it is stale: nothing is lost)
             wanted.append((watch, channel in forced))
         return wanted
 
@@ -369,17 +379,19 @@ class Engine:
             try:
                 snapshot: AccessSnapshot = await self.storage.read_access(user_ids)
             except Exception:
+                # Not a busy loop against a database that fails: no access load (for a
+                # re-check, a hello or a newcomer) before the backoff, within the re-check
+                # interval.
+                self._access_retry = retry.backoff(
+                    self._access_retry, retry.ACCESS_RETRY_FIRST, self.recheck_interval
+                )
+                self._access_retry_at = self.clock.monotonic() + self._access_retry
                 if recheck:
-                    # Not a busy loop against a database that is down: back off, within
-                    # the re-check interval.
-                    self._access_retry = min(
-                        self.recheck_interval, max(0.25, self._access_retry * 2)
-                    )
-                    self._next_recheck = self.clock.monotonic() + self._access_retry
+                    self._next_recheck = self._access_retry_at
                 raise
+            self._access_retry = 0.0
             self._facts.store(snapshot, now, epoch)
         if recheck:
-            self._access_retry = 0.0
             if epoch == self._facts.epoch:  # else re-check again at once, on newer facts
                 self._next_recheck = self.clock.monotonic() + self.recheck_interval
             self._recheck_all()
@@ -410,8 +422,10 @@ class Engine:
             now = self.clock.monotonic()
             for watch in watches:
                 watch.stale = True  # what changed meanwhile is still to be read
-                # Retry soon, backing off while the database stays away.
-                watch.retry_delay = min(10.0, max(1.0, watch.retry_delay * 2))
+                # Retry soon, backing off while the database keeps failing.
+                watch.retry_delay = retry.backoff(
+                    watch.retry_delay, retry.READ_RETRY_FIRST, retry.READ_RETRY_MAX
+                )
                 self._schedule.put(watch, now + watch.retry_delay)
             raise
 
@@ -616,6 +630,11 @@ class Engine:
         if watch.final:
             return True
         return watch.next_due is not None and watch.next_due > self.clock.monotonic()
+
+    @staticmethod
+    def _backing_off(watch: Watch, now: float) -> bool:
+        """Its last read failed and its retry is not due yet."""
+        return watch.retry_delay > 0 and watch.next_due is not None and watch.next_due > now
 
     def _sub(self, viewer: Viewer, channel: Channel) -> Subscription | None:
         watch = self.watches.get(channel)

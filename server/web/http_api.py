@@ -7,8 +7,10 @@ reads what it lists and nothing else, as on the socket.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from starlette.convertors import Convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +20,9 @@ from ..core.access import CapabilityTable, Decision, UserFacts
 from ..core.auth import Identity, InvalidToken, verify_token
 from ..core.channels import MAX_ID, Channel, Kind, valid_id
 from ..service import Service
+
+# What a read raises when the database is away or the schema is not there.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class IdConvertor(Convertor[int]):
@@ -140,4 +145,12 @@ async def _authorized(
     ident: int = request.path_params[key]
     if not valid_id(ident):
         return _refusal("not_found")  # the same answer as for an id that does not exist
-    return await read(service, identity, ident)
+    what = key.removesuffix("_id")  # run, tenant
+    try:
+        response = await read(service, identity, ident)
+    except DATABASE_ERRORS as error:
+        # A 503 the client may retry, and a line per interval rather than a traceback each.
+        service.http_failures.failed(what, error, time.monotonic())
+        return JSONResponse({"error": "database unavailable"}, status_code=503)
+    service.http_failures.succeeded(what, time.monotonic())
+    return response

@@ -164,6 +164,10 @@ class ViewerConnection(EngineSocket):
             facts = await self.service.engine.user_facts(identity.user_id)
         except TimeoutError:
             self._hello = None
+            if self.transport is not None and not self.gone:
+                # Reading was paused for the hello: the peer's answer to our close is read,
+                # or the close takes 5 s more to give up on (and the peer sees it that late).
+                self.transport.resume_reading()
             self.close(CLOSE_TRY_AGAIN)
             return
         self._hello = None
