@@ -14,7 +14,6 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote as url_quote
 from urllib.parse import urlsplit, urlunsplit
@@ -23,11 +22,12 @@ import asyncpg
 
 from ..database.mapping import DOMAIN, load, quote
 from ..database.migrations import new_database
+from ..resources import examples_dir
 from . import attach
 
 log = logging.getLogger("opspush.host_demo")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "laravel"
+EXAMPLE = examples_dir() / "laravel"  # package data in the wheel
 SCHEMA = EXAMPLE / "schema.sql"
 MAPPING = EXAMPLE / "opspush.toml"
 NOW = "(now() AT TIME ZONE 'UTC')"  # what Laravel writes into timestamp(0) columns
