@@ -107,8 +107,7 @@ async def main(command: str) -> None:
         stack.push_async_callback(pool.close)
         async with pool.acquire() as connection:
             ids = await seed(connection)
-        await Simulator(pool, ids, seed_value=1).ensure_activity()
-        run_id = await pool.fetchval("SELECT max(id) FROM operation_runs")
+        run_id = await Simulator(pool, ids, seed_value=1).start_showcase_run()
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -136,7 +135,7 @@ async def main(command: str) -> None:
 async def demo_attach(command: str) -> None:
     """`opspush demo --attach` as a new user runs it: a fresh HOME, no DATABASE_URL (so an
     embedded PostgreSQL), the Laravel example read from the package; then a state of the
-    wall it links."""
+    run in flight it links."""
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
         env.pop("DATABASE_URL", None)
@@ -149,21 +148,27 @@ async def demo_attach(command: str) -> None:
         try:
             links = await asyncio.wait_for(demo_links(process), 120)
             await wait_healthy(f"http://127.0.0.1:{port}", process)  # links come first
-            wall = int(links["wall"])
+            run = int(links["run"])
             async with connect(f"ws://127.0.0.1:{port}/ws", links["token"]) as client:
-                states: Any = client.watch(f"operations:{wall}")
+                states: Any = client.watch(f"run:{run}")
                 state = await asyncio.wait_for(anext(states), 30)
                 await states.aclose()
-            step(f"opspush demo --attach: wall {wall}, state of {len(state['data']['runs'])} runs")
+            data = state["data"]
+            step(f"opspush demo --attach: run:{run} {data['status']}, {data['progress']}")
+            if data["status"] != "running":
+                raise SystemExit("the run the demo links is not in flight")
         finally:
             await stop(process, "demo --attach")
 
 
 async def demo_links(process: asyncio.subprocess.Process) -> dict[str, str]:
-    """The wall's workspace and the token, from the lines the demo prints."""
+    """The run in flight and the token, from the lines the demo prints."""
     assert process.stdout is not None
     found: dict[str, str] = {}
-    patterns = {"wall": r"/wall/(\d+)#", "token": r"token \(user \d+, owner, 12 h\): (\S+)"}
+    patterns = {
+        "run": r"a run in flight: +\S+/runs/(\d+)#",
+        "token": r"token \(user \d+, owner, 12 h\): (\S+)",
+    }
     while len(found) < len(patterns):
         line = (await process.stdout.readline()).decode()
         if not line:

@@ -7,7 +7,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,9 +18,12 @@ import pytest
 
 from opspush import __version__ as opspush_version
 from opspush.commands.cli import demo_secret
+from opspush.commands.demo import Simulator, seed
 from opspush.config import ConfigError, Settings
 from opspush.core.auth import verify_token
-from opspush.database.migrations import discover, migrate
+from opspush.core.outcomes import failure_reasons, outcome_from_counts
+from opspush.database.migrations import create_database, discover, migrate
+from opspush.database.storage import create_pool
 from tests.conftest import free_socket
 
 
@@ -244,3 +248,77 @@ def test_sql_and_static_dirs_default_to_the_package_and_honour_the_overrides(
     monkeypatch.setenv("OPSPUSH_SQL_DIR", str(tmp_path / "sql"))
     monkeypatch.setenv("OPSPUSH_STATIC_DIR", str(tmp_path / "static"))
     assert (sql_dir(), static_dir()) == (tmp_path / "sql", tmp_path / "static")
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+OUTCOME_CASES = [
+    # total, processed, succeeded, failed -> outcome
+    ((300, 300, 300, 0), "succeeded"),
+    ((300, 300, 298, 2), "partially_succeeded"),
+    ((300, 300, 0, 300), "failed"),
+    ((300, 120, 120, 0), "cancelled"),
+    ((300, 120, 117, 3), "cancelled"),
+    ((300, 0, 0, 0), "blocked"),
+    ((20, 20, 20, 0), "succeeded"),
+    ((20, 20, 1, 19), "partially_succeeded"),
+]
+
+
+@pytest.mark.parametrize(("counts", "outcome"), OUTCOME_CASES)
+def test_the_demo_outcome_follows_from_the_counters(
+    counts: tuple[int, int, int, int], outcome: str
+) -> None:
+    total, processed, succeeded, failed = counts
+    summary = {"total": total, "processed": processed, "succeeded": succeeded, "failed": failed}
+    assert outcome_from_counts(summary) == outcome
+    reasons = failure_reasons(outcome, summary)
+    assert sum(r.get("count", 0) for r in reasons if r["code"] == "tenant.throttled") == failed
+    assert bool(reasons) == (failed > 0 or outcome == "blocked")
+
+
+@pytest.fixture
+async def demo_database(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
+    """A database of its own: the demo's seed is not for the suite's shared one."""
+    name = f"opspush_demo_test_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(postgres_server["dsn"], name)
+    try:
+        yield dsn
+    finally:
+        admin = await asyncpg.connect(postgres_server["dsn"])
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_the_demo_simulator_finishes_runs_as_their_counters_say(demo_database: str) -> None:
+    pool = await create_pool(demo_database, 2)
+    try:
+        async with pool.acquire() as connection:
+            ids = await seed(connection)
+        simulator = Simulator(pool, ids, seed_value=7)
+        linked = await simulator.start_showcase_run()
+        for _ in range(180):  # three minutes of the demo, a step a second
+            await simulator.step()
+        finished = await pool.fetch(
+            """SELECT outcome, summary_counts, failure_summary FROM operation_runs
+               WHERE status = 'completed'"""
+        )
+        assert len(finished) > 20
+        for run in finished:
+            counts, failures = run["summary_counts"], run["failure_summary"]  # the pool decodes
+            assert run["outcome"] == outcome_from_counts(counts), counts
+            assert failures == failure_reasons(run["outcome"], counts), (counts, failures)
+        assert {"succeeded", "partially_succeeded"} <= {run["outcome"] for run in finished}
+        # The linked run is still in flight three minutes on, and a restart links a new one.
+        assert await pool.fetchval("SELECT status FROM operation_runs WHERE id = $1", linked) == (
+            "running"
+        )
+        relinked = await Simulator(pool, ids).start_showcase_run()
+        assert relinked != linked
+        assert await pool.fetchval("SELECT status FROM operation_runs WHERE id = $1", relinked) == (
+            "running"
+        )
+    finally:
+        await pool.close()

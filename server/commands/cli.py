@@ -335,13 +335,7 @@ def _demo_startup(settings: Settings) -> Any:
         async with pool.acquire() as connection:
             ids = await seed(connection)
         simulator = Simulator(pool, ids)
-        await simulator.ensure_activity()
-        # The newest run still in flight: the one that will keep moving longest.
-        moving = await pool.fetchval(
-            """SELECT max(id) FROM operation_runs
-               WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
-            ids.workspace_id,
-        )
+        moving = await simulator.start_showcase_run()  # in flight for minutes, not seconds
         _demo_links(settings, ids.workspace_id, ids.tenant_ids, ids.owner_id, moving)
         return simulator.run()
 
@@ -353,7 +347,7 @@ def _demo_links(
     workspace_id: int,
     tenant_ids: list[int],
     owner_id: int,
-    run_id: int | None,
+    run_id: int,
 ) -> None:
     """Where to look: the wall, a run still in flight, a card, the index, and the token."""
     from ..core.auth import mint_token
@@ -366,14 +360,15 @@ def _demo_links(
     print(
         f"\nopspush demo is running{mode} (data: {data})\n"
         f"  wall (every live run): {base}/wall/{workspace_id}#token={token}\n"
-        f"  a run in flight:       {base}/runs/{run_id or 1}#token={token}\n"
+        f"  a run in flight:       {base}/runs/{run_id}#token={token}\n"
         f"  review pack:           {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
         f"  all pages:             {base}/#token={token}\n"
         f"  WebSocket:             ws://{host}:{settings.port}/ws\n"
         f"  token (user {owner_id}, owner, 12 h): {token}\n"
-        + _demo_pusher_lines(settings, base, run_id or 1)
-        + "Runs finish within a minute or so; the wall always lists the live ones. The links\n"
-        "keep working across restarts (the secret is kept beside the data).\n",
+        + _demo_pusher_lines(settings, base, run_id)
+        + "The linked run lasts about five minutes; the others finish within a minute or so,\n"
+        "and the wall always lists the live ones. The links keep working across restarts\n"
+        "(the secret is kept beside the data).\n",
         flush=True,
     )
 
