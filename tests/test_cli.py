@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,3 +325,55 @@ async def test_the_demo_simulator_finishes_runs_as_their_counters_say(demo_datab
         )
     finally:
         await pool.close()
+
+
+async def demo_start(env: dict[str, str]) -> dict[str, str]:
+    """Start `opspush demo`, read what it prints up to its last line, and stop it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "demo", "--port", "0",
+        env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    printed = ""
+    try:
+        async with asyncio.timeout(60):
+            while "kept beside the data" not in printed:
+                line = (await process.stdout.readline()).decode()
+                assert line, f"the demo exited: {printed}"
+                printed += line
+    finally:
+        process.terminate()
+        await process.wait()
+    run = re.search(r"a run in flight: +\S+/runs/(\d+)#", printed)
+    pusher = re.search(r"OPSPUSH_PUSHER_SECRET=(\S+)", printed)
+    assert run and pusher, printed
+    return {"run": run.group(1), "pusher_secret": pusher.group(1)}
+
+
+async def test_the_demo_links_a_run_in_flight_and_keeps_its_secrets_across_a_restart(
+    demo_database: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": demo_database, "XDG_DATA_HOME": str(tmp_path)}
+    first = await demo_start(env)
+    again = await demo_start(env)
+    assert again["pusher_secret"] == first["pusher_secret"]  # the host's .env stays right
+    assert again["run"] != first["run"]  # not what the first start left behind
+    connection = await asyncpg.connect(demo_database)
+    try:
+        status = await connection.fetchval(
+            "SELECT status FROM operation_runs WHERE id = $1", int(again["run"])
+        )
+    finally:
+        await connection.close()
+    assert status == "running"
+    # The help's reset command removes all the demo keeps, in either mode.
+    help_text = opspush("demo", "--help").stdout
+    reset = re.search(r"rm -rf (.+)", help_text)
+    assert reset, help_text
+    patterns = [p.replace("~/.local/share", str(tmp_path)) for p in reset.group(1).split()]
+    kept = [*(tmp_path / "opspush").iterdir(), tmp_path / "opspush" / "demo-attach"]
+    kept.append(tmp_path / "opspush" / "demo-attach-secret")
+    assert {p.name for p in kept} >= {"demo-secret", "demo-pusher-secret"}
+    for path in kept:
+        assert any(fnmatch.fnmatch(str(path), pattern) for pattern in patterns), (path, patterns)

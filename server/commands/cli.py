@@ -41,10 +41,11 @@ SERVE_ENV = """environment:
 DEMO_ENV = """environment:
   DATABASE_URL       unset (the default): an embedded PostgreSQL in OPSPUSH_DATA_DIR
                      (default ~/.local/share/opspush/demo)
-  OPSPUSH_SECRET     unset: one made once and kept in <OPSPUSH_DATA_DIR>-secret
+  OPSPUSH_SECRET     unset: one made once and kept in <OPSPUSH_DATA_DIR>-secret (the Pusher
+                     secret likewise, in <OPSPUSH_DATA_DIR>-pusher-secret)
   OPSPUSH_HOST, OPSPUSH_PORT, OPSPUSH_LOG_LEVEL
-reset the demo's data: stop it, then
-  rm -rf ~/.local/share/opspush/demo ~/.local/share/opspush/demo-secret"""
+reset the demo's data (both modes, and their secrets): stop it, then
+  rm -rf ~/.local/share/opspush/demo*"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,10 +265,10 @@ def demo_data_dir() -> str:
     return os.path.join(os.path.dirname(default_data_dir()), "demo")
 
 
-def demo_secret(data_dir: str) -> str:
-    """The demo's secret, kept beside its data, so that the links it printed keep working
-    after a restart: made once, read after."""
-    path = Path(f"{data_dir.rstrip('/')}-secret")
+def demo_secret(data_dir: str, name: str = "secret") -> str:
+    """A secret of the demo's, kept beside its data (`<data_dir>-<name>`), so that the links
+    and the `.env` values it printed keep working after a restart: made once, read after."""
+    path = Path(f"{data_dir.rstrip('/')}-{name}")
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not any(env.get(name) for name in ("OPSPUSH_PUSHER_APP_ID", "OPSPUSH_PUSHER_KEY")):
         env["OPSPUSH_PUSHER_APP_ID"] = "opspush-demo"
         env["OPSPUSH_PUSHER_KEY"] = "opspush-demo-key"
-        env["OPSPUSH_PUSHER_SECRET"] = secrets.token_hex(16)
+        env["OPSPUSH_PUSHER_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"], "pusher-secret")
     settings = _settings(args, env)
     configure_logging(settings.log_level)
     from .demo import broadcasting_auth_route
