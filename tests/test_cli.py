@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
+import websockets
 
 from opspush import __version__ as opspush_version
 from opspush.commands.cli import demo_secret
@@ -377,3 +378,50 @@ async def test_the_demo_links_a_run_in_flight_and_keeps_its_secrets_across_a_res
     assert {p.name for p in kept} >= {"demo-secret", "demo-pusher-secret"}
     for path in kept:
         assert any(fnmatch.fnmatch(str(path), pattern) for pattern in patterns), (path, patterns)
+
+
+# -- noise ---------------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+: ")
+
+
+async def test_serve_logs_in_one_format_and_nothing_per_connection(database_dsn: str) -> None:
+    with free_socket() as probe:
+        port = probe.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port),
+        env={**clean, "DATABASE_URL": database_dsn, "OPSPUSH_SECRET": SECRET},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or "Uvicorn running on" not in lines[-1]:
+                line = (await process.stderr.readline()).decode()
+                assert line, f"serve exited: {lines}"
+                lines.append(line)
+            for _ in range(3):  # viewers come and go
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws"):
+                    pass
+    finally:
+        process.terminate()
+        rest = (await process.stderr.read()).decode()
+        await process.wait()
+    lines += rest.splitlines(keepends=True)
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    assert not [line for line in lines if "connection open" in line or "connection closed" in line]
+
+
+def test_a_restarted_embedded_postgres_prints_nothing(tmp_path: Path) -> None:
+    start = "import sys; from opspush.database import embedded; embedded.start(sys.argv[1]).stop()"
+    for _ in range(2):  # made, then started again on its data (the demo's second start)
+        result = subprocess.run(
+            [sys.executable, "-c", start, str(tmp_path / "pgdata")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
