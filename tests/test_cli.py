@@ -22,7 +22,7 @@ import websockets
 
 from opspush import __version__ as opspush_version
 from opspush.commands.cli import demo_secret
-from opspush.commands.demo import Simulator, seed
+from opspush.commands.demo import Simulator, progress_line, seed
 from opspush.config import ConfigError, Settings
 from opspush.core.auth import verify_token
 from opspush.core.outcomes import failure_reasons, outcome_from_counts
@@ -425,3 +425,68 @@ def test_a_restarted_embedded_postgres_prints_nothing(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("seconds", "created", "finished", "in_flight", "line"),
+    [
+        (60, 0, {}, 0, "last 60 s: runs created 0, finished 0; in flight 0"),
+        (
+            60,
+            31,
+            {"succeeded": 20, "partially_succeeded": 5, "cancelled": 1},
+            6,
+            "last 60 s: runs created 31, finished 26 "
+            "(1 cancelled, 5 partially succeeded, 20 succeeded); in flight 6",
+        ),
+        (
+            0.5,
+            1,
+            {"blocked": 1},
+            0,
+            "last 0.5 s: runs created 1, finished 1 (1 blocked); in flight 0",
+        ),
+    ],
+)
+def test_the_simulator_s_progress_line(
+    seconds: float, created: int, finished: dict[str, int], in_flight: int, line: str
+) -> None:
+    assert progress_line(seconds, created, finished, in_flight) == line
+
+
+async def test_the_simulator_reports_every_so_often(demo_database: str) -> None:
+    pool = await create_pool(demo_database, 2)
+    try:
+        async with pool.acquire() as connection:
+            ids = await seed(connection)
+        reports: asyncio.Queue[str] = asyncio.Queue()
+        simulator = Simulator(pool, ids, seed_value=3)
+        running = asyncio.create_task(
+            simulator.run(period=0.001, report_every=50, report=reports.put_nowait)
+        )
+        try:
+            async with asyncio.timeout(30):
+                lines = [await reports.get(), await reports.get()]
+        finally:
+            running.cancel()
+        assert all(line.startswith("last 0.05 s: runs created ") for line in lines), lines
+        assert await pool.fetchval("SELECT count(*) FROM operation_runs") > 0
+    finally:
+        await pool.close()
+
+
+async def test_simulate_says_what_it_does(demo_database: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "simulate",
+        env={**clean, "DATABASE_URL": demo_database}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            first = (await process.stderr.readline()).decode()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert LOG_LINE.match(first), first
+    assert "simulating the console of workspace" in first and "Ctrl-C to stop" in first, first

@@ -391,17 +391,24 @@ def _demo_pusher_lines(settings: Settings, base: str, run_id: int) -> str:
 def _simulate(args: argparse.Namespace) -> int:
     from ..database.storage import create_pool
     from .database_errors import guarded
-    from .demo import Simulator, seed
+    from .demo import DEMO_WORKSPACE, Simulator, seed
 
-    logging.basicConfig(level="INFO")
+    configure_logging(os.environ.get("OPSPUSH_LOG_LEVEL") or "info")
     url = database_url_only()
+    log = logging.getLogger("opspush.simulate")
 
     async def go() -> None:
         pool = await create_pool(url, 2)
         try:
             async with pool.acquire() as connection:
                 ids = await seed(connection)
-            await Simulator(pool, ids).run()
+            log.info(
+                "simulating the console of workspace %d (%s): runs and review packs move a step "
+                "a second; a summary every minute; Ctrl-C to stop",
+                ids.workspace_id,
+                DEMO_WORKSPACE,
+            )
+            await Simulator(pool, ids).run(report_every=60, report=log.info)
         finally:
             await pool.close()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
@@ -131,13 +133,34 @@ class Simulator:
         self.max_active = max_active
         self.random = random.Random(seed_value)
         self.showcase: set[int] = set()  # the runs that move at SHOWCASE_PACE
+        # Since the last report: runs created, runs finished by outcome; and in flight now.
+        self.created = 0
+        self.finished: Counter[str] = Counter()
+        self.in_flight = 0
 
-    async def run(self, period: float = 1.0) -> None:
+    async def run(
+        self,
+        period: float = 1.0,
+        *,
+        report_every: int = 0,
+        report: Callable[[str], None] = log.info,
+    ) -> None:
+        """Step every `period` seconds; every `report_every` steps (0: never), `report` what
+        the steps did."""
+        steps = 0
         while True:
             try:
                 await self.step()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("simulator step failed: %s", error)
+            steps += 1
+            if report_every and steps % report_every == 0:
+                report(
+                    progress_line(
+                        report_every * period, self.created, self.finished, self.in_flight
+                    )
+                )
+                self.created, self.finished = 0, Counter()
             await asyncio.sleep(period)
 
     async def start_showcase_run(self) -> int:
@@ -159,8 +182,10 @@ class Simulator:
                    WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
                 self.ids.workspace_id,
             )
+            self.in_flight = len(active)
             if len(active) < self.max_active and rng.random() < 0.5:
                 await self._create_run(db, now)
+                self.in_flight += 1
             for run in active:
                 counts = run["summary_counts"] if isinstance(run["summary_counts"], dict) else {}
                 if run["status"] == "queued":
@@ -186,6 +211,7 @@ class Simulator:
     ) -> int:
         rng = self.random
         tenant_id = rng.choice([*self.ids.tenant_ids, None])
+        self.created += 1
         run_id: int = await db.fetchval(
             """INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome,
                    summary_counts, initiated_by_user_id, created_at, updated_at, started_at)
@@ -255,6 +281,8 @@ class Simulator:
             now,
         )
         self.showcase.discard(run_id)
+        self.finished[outcome] += 1
+        self.in_flight -= 1
 
     async def _advance_packs(self, db: Db, now: datetime) -> None:
         rng = self.random
@@ -300,6 +328,18 @@ class Simulator:
                     now,
                     size,
                 )
+
+
+def progress_line(seconds: float, created: int, finished: Mapping[str, int], in_flight: int) -> str:
+    """What the simulator did lately, in one line (`opspush simulate` says it every minute)."""
+    outcomes = ", ".join(
+        f"{count} {outcome.replace('_', ' ')}" for outcome, count in sorted(finished.items())
+    )
+    return (
+        f"last {seconds:g} s: runs created {created}, finished {sum(finished.values())}"
+        + (f" ({outcomes})" if outcomes else "")
+        + f"; in flight {in_flight}"
+    )
 
 
 def broadcasting_auth_route(app: PusherApp) -> Route:
