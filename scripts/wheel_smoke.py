@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -73,23 +74,23 @@ async def cli(command: str, *args: str, env: dict[str, str] | None = None) -> st
     return done.stdout.strip()
 
 
-async def stop(process: asyncio.subprocess.Process) -> None:
+async def stop(process: asyncio.subprocess.Process, name: str = "serve") -> None:
     process.terminate()
     code = await asyncio.wait_for(process.wait(), 30)
-    step(f"opspush serve stopped: exit {code}")
+    step(f"opspush {name} stopped: exit {code}")
 
 
 async def wait_healthy(base: str, process: asyncio.subprocess.Process) -> None:
     for _ in range(300):
         if process.returncode is not None:
-            raise SystemExit(f"opspush serve exited with {process.returncode}")
+            raise SystemExit(f"opspush exited with {process.returncode}")
         try:
             if get(f"{base}/healthz")[0] == 200:
                 return
         except OSError:
             pass
         await asyncio.sleep(0.1)
-    raise SystemExit("opspush serve did not answer /healthz")
+    raise SystemExit("opspush did not answer /healthz")
 
 
 async def main(command: str) -> None:
@@ -106,8 +107,7 @@ async def main(command: str) -> None:
         stack.push_async_callback(pool.close)
         async with pool.acquire() as connection:
             ids = await seed(connection)
-        await Simulator(pool, ids, seed_value=1).ensure_activity()
-        run_id = await pool.fetchval("SELECT max(id) FROM operation_runs")
+        run_id = await Simulator(pool, ids, seed_value=1).start_showcase_run()
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -128,7 +128,56 @@ async def main(command: str) -> None:
             await states.aclose()
         data = state["data"]
         step(f"WebSocket run:{run_id}: state {data['status']}, {data['progress']}")
+    await demo_attach(command)
     print("wheel smoke test: OK", flush=True)
+
+
+async def demo_attach(command: str) -> None:
+    """`opspush demo --attach` as a new user runs it: a fresh HOME, no DATABASE_URL (so an
+    embedded PostgreSQL), the Laravel example read from the package; then a state of the
+    run in flight it links."""
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+        env.pop("DATABASE_URL", None)
+        env["HOME"] = home
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            command, "demo", "--attach", "--port", str(port), env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            links = await asyncio.wait_for(demo_links(process), 120)
+            await wait_healthy(f"http://127.0.0.1:{port}", process)  # links come first
+            run = int(links["run"])
+            async with connect(f"ws://127.0.0.1:{port}/ws", links["token"]) as client:
+                states: Any = client.watch(f"run:{run}")
+                state = await asyncio.wait_for(anext(states), 30)
+                await states.aclose()
+            data = state["data"]
+            step(f"opspush demo --attach: run:{run} {data['status']}, {data['progress']}")
+            if data["status"] != "running":
+                raise SystemExit("the run the demo links is not in flight")
+        finally:
+            await stop(process, "demo --attach")
+
+
+async def demo_links(process: asyncio.subprocess.Process) -> dict[str, str]:
+    """The run in flight and the token, from the lines the demo prints."""
+    assert process.stdout is not None
+    found: dict[str, str] = {}
+    patterns = {
+        "run": r"a run in flight: +\S+/runs/(\d+)#",
+        "token": r"token \(user \d+, owner, 12 h\): (\S+)",
+    }
+    while len(found) < len(patterns):
+        line = (await process.stdout.readline()).decode()
+        if not line:
+            raise SystemExit(f"opspush demo --attach exited with {await process.wait()}")
+        for name, pattern in patterns.items():
+            match = re.search(pattern, line)
+            if match:
+                found[name] = match.group(1)
+    return found
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Where the migrations (sql/) and the pages (static/) are read from.
+"""Where the migrations (sql/), the pages (static/) and the examples (examples/) are read from.
 
-Installed from a wheel they are package data beside the code (`opspush/sql`, `opspush/static`),
-found through importlib.resources; in a source checkout (the editable install of the scripts)
-they are the top-level directories. `OPSPUSH_SQL_DIR` / `OPSPUSH_STATIC_DIR` override both.
+Installed from a wheel they are package data beside the code (`opspush/sql`, `opspush/static`,
+`opspush/examples`), found through importlib.resources; in a source checkout (the editable
+install of the scripts) they are the top-level directories. `OPSPUSH_SQL_DIR` /
+`OPSPUSH_STATIC_DIR` override both.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 _PACKAGE = __name__.rpartition(".")[0]
 
 
-def data_dir(name: str, override: str) -> Path:
-    configured = os.environ.get(override)
+def data_dir(name: str, override: str | None = None) -> Path:
+    configured = os.environ.get(override) if override else None
     if configured:
         return Path(configured)
     packaged = resources.files(_PACKAGE) / name
@@ -30,3 +31,8 @@ def sql_dir() -> Path:
 
 def static_dir() -> Path:
     return data_dir("static", "OPSPUSH_STATIC_DIR")
+
+
+def examples_dir() -> Path:
+    """The Laravel example (its schema and mapping), which `opspush demo --attach` uses."""
+    return data_dir("examples")

@@ -36,7 +36,7 @@ from opspush.engine.engine import Engine
 from opspush.service import Service
 from tests.factories import Factory
 
-SECRET = "opspush-test-secret-0123456789abcdef"
+SECRET = "opspush-test-secret-0123456789abcdef-0123456789abcdef-0123456789"  # 64+: HS512 too
 
 
 @pytest.fixture(scope="session")

@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
+import websockets
 
 from opspush import __version__ as opspush_version
 from opspush.attach import host_demo
 from opspush.commands.cli import demo_secret
 from opspush.commands.database_errors import where
+from opspush.commands.demo import Simulator, progress_line, seed
 from opspush.config import ConfigError, Settings
 from opspush.core.auth import verify_token
+from opspush.core.outcomes import failure_reasons, outcome_from_counts
 from opspush.database.mapping import DOMAIN
-from opspush.database.migrations import discover, migrate, new_database
+from opspush.database.migrations import create_database, discover, migrate, new_database
+from opspush.database.storage import create_pool
 from tests.conftest import free_socket
 
 
@@ -409,3 +415,241 @@ def test_sql_and_static_dirs_default_to_the_package_and_honour_the_overrides(
     monkeypatch.setenv("OPSPUSH_SQL_DIR", str(tmp_path / "sql"))
     monkeypatch.setenv("OPSPUSH_STATIC_DIR", str(tmp_path / "static"))
     assert (sql_dir(), static_dir()) == (tmp_path / "sql", tmp_path / "static")
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+OUTCOME_CASES = [
+    # total, processed, succeeded, failed -> outcome
+    ((300, 300, 300, 0), "succeeded"),
+    ((300, 300, 298, 2), "partially_succeeded"),
+    ((300, 300, 0, 300), "failed"),
+    ((300, 120, 120, 0), "cancelled"),
+    ((300, 120, 117, 3), "cancelled"),
+    ((300, 0, 0, 0), "blocked"),
+    ((20, 20, 20, 0), "succeeded"),
+    ((20, 20, 1, 19), "partially_succeeded"),
+]
+
+
+@pytest.mark.parametrize(("counts", "outcome"), OUTCOME_CASES)
+def test_the_demo_outcome_follows_from_the_counters(
+    counts: tuple[int, int, int, int], outcome: str
+) -> None:
+    total, processed, succeeded, failed = counts
+    summary = {"total": total, "processed": processed, "succeeded": succeeded, "failed": failed}
+    assert outcome_from_counts(summary) == outcome
+    reasons = failure_reasons(outcome, summary)
+    assert sum(r.get("count", 0) for r in reasons if r["code"] == "tenant.throttled") == failed
+    assert bool(reasons) == (failed > 0 or outcome == "blocked")
+
+
+@pytest.fixture
+async def demo_database(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
+    """A database of its own: the demo's seed is not for the suite's shared one."""
+    name = f"opspush_demo_test_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(postgres_server["dsn"], name)
+    try:
+        yield dsn
+    finally:
+        admin = await asyncpg.connect(postgres_server["dsn"])
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_the_demo_simulator_finishes_runs_as_their_counters_say(demo_database: str) -> None:
+    pool = await create_pool(demo_database, 2)
+    try:
+        async with pool.acquire() as connection:
+            ids = await seed(connection)
+        simulator = Simulator(pool, ids, seed_value=7)
+        linked = await simulator.start_showcase_run()
+        for _ in range(180):  # three minutes of the demo, a step a second
+            await simulator.step()
+        finished = await pool.fetch(
+            """SELECT outcome, summary_counts, failure_summary FROM operation_runs
+               WHERE status = 'completed'"""
+        )
+        assert len(finished) > 20
+        for run in finished:
+            counts, failures = run["summary_counts"], run["failure_summary"]  # the pool decodes
+            assert run["outcome"] == outcome_from_counts(counts), counts
+            assert failures == failure_reasons(run["outcome"], counts), (counts, failures)
+        assert {"succeeded", "partially_succeeded"} <= {run["outcome"] for run in finished}
+        # The linked run is still in flight three minutes on, and a restart links a new one.
+        assert await pool.fetchval("SELECT status FROM operation_runs WHERE id = $1", linked) == (
+            "running"
+        )
+        relinked = await Simulator(pool, ids).start_showcase_run()
+        assert relinked != linked
+        assert await pool.fetchval("SELECT status FROM operation_runs WHERE id = $1", relinked) == (
+            "running"
+        )
+    finally:
+        await pool.close()
+
+
+async def demo_start(env: dict[str, str]) -> dict[str, str]:
+    """Start `opspush demo`, read what it prints up to its last line, and stop it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "demo", "--port", "0",
+        env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    printed = ""
+    try:
+        async with asyncio.timeout(60):
+            while "kept beside the data" not in printed:
+                line = (await process.stdout.readline()).decode()
+                assert line, f"the demo exited: {printed}"
+                printed += line
+    finally:
+        process.terminate()
+        await process.wait()
+    run = re.search(r"a run in flight: +\S+/runs/(\d+)#", printed)
+    pusher = re.search(r"OPSPUSH_PUSHER_SECRET=(\S+)", printed)
+    assert run and pusher, printed
+    return {"run": run.group(1), "pusher_secret": pusher.group(1)}
+
+
+async def test_the_demo_links_a_run_in_flight_and_keeps_its_secrets_across_a_restart(
+    demo_database: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": demo_database, "XDG_DATA_HOME": str(tmp_path)}
+    first = await demo_start(env)
+    again = await demo_start(env)
+    assert again["pusher_secret"] == first["pusher_secret"]  # the host's .env stays right
+    assert again["run"] != first["run"]  # not what the first start left behind
+    connection = await asyncpg.connect(demo_database)
+    try:
+        status = await connection.fetchval(
+            "SELECT status FROM operation_runs WHERE id = $1", int(again["run"])
+        )
+    finally:
+        await connection.close()
+    assert status == "running"
+    # The help's reset command removes all the demo keeps, in either mode.
+    help_text = opspush("demo", "--help").stdout
+    reset = re.search(r"rm -rf (.+)", help_text)
+    assert reset, help_text
+    patterns = [p.replace("~/.local/share", str(tmp_path)) for p in reset.group(1).split()]
+    kept = [*(tmp_path / "opspush").iterdir(), tmp_path / "opspush" / "demo-attach"]
+    kept.append(tmp_path / "opspush" / "demo-attach-secret")
+    assert {p.name for p in kept} >= {"demo-secret", "demo-pusher-secret"}
+    for path in kept:
+        assert any(fnmatch.fnmatch(str(path), pattern) for pattern in patterns), (path, patterns)
+
+
+# -- noise ---------------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+: ")
+
+
+async def test_serve_logs_in_one_format_and_nothing_per_connection(database_dsn: str) -> None:
+    with free_socket() as probe:
+        port = probe.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port),
+        env={**clean, "DATABASE_URL": database_dsn, "OPSPUSH_SECRET": SECRET},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or "Uvicorn running on" not in lines[-1]:
+                line = (await process.stderr.readline()).decode()
+                assert line, f"serve exited: {lines}"
+                lines.append(line)
+            for _ in range(3):  # viewers come and go
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws"):
+                    pass
+    finally:
+        process.terminate()
+        rest = (await process.stderr.read()).decode()
+        await process.wait()
+    lines += rest.splitlines(keepends=True)
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    assert not [line for line in lines if "connection open" in line or "connection closed" in line]
+
+
+def test_a_restarted_embedded_postgres_prints_nothing(tmp_path: Path) -> None:
+    start = "import sys; from opspush.database import embedded; embedded.start(sys.argv[1]).stop()"
+    for _ in range(2):  # made, then started again on its data (the demo's second start)
+        result = subprocess.run(
+            [sys.executable, "-c", start, str(tmp_path / "pgdata")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("seconds", "created", "finished", "in_flight", "line"),
+    [
+        (60, 0, {}, 0, "last 60 s: runs created 0, finished 0; in flight 0"),
+        (
+            60,
+            31,
+            {"succeeded": 20, "partially_succeeded": 5, "cancelled": 1},
+            6,
+            "last 60 s: runs created 31, finished 26 "
+            "(1 cancelled, 5 partially succeeded, 20 succeeded); in flight 6",
+        ),
+        (
+            0.5,
+            1,
+            {"blocked": 1},
+            0,
+            "last 0.5 s: runs created 1, finished 1 (1 blocked); in flight 0",
+        ),
+    ],
+)
+def test_the_simulator_s_progress_line(
+    seconds: float, created: int, finished: dict[str, int], in_flight: int, line: str
+) -> None:
+    assert progress_line(seconds, created, finished, in_flight) == line
+
+
+async def test_the_simulator_reports_every_so_often(demo_database: str) -> None:
+    pool = await create_pool(demo_database, 2)
+    try:
+        async with pool.acquire() as connection:
+            ids = await seed(connection)
+        reports: asyncio.Queue[str] = asyncio.Queue()
+        simulator = Simulator(pool, ids, seed_value=3)
+        running = asyncio.create_task(
+            simulator.run(period=0.001, report_every=50, report=reports.put_nowait)
+        )
+        try:
+            async with asyncio.timeout(30):
+                lines = [await reports.get(), await reports.get()]
+        finally:
+            running.cancel()
+        assert all(line.startswith("last 0.05 s: runs created ") for line in lines), lines
+        assert await pool.fetchval("SELECT count(*) FROM operation_runs") > 0
+    finally:
+        await pool.close()
+
+
+async def test_simulate_says_what_it_does(demo_database: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "simulate",
+        env={**clean, "DATABASE_URL": demo_database}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            first = (await process.stderr.readline()).decode()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert LOG_LINE.match(first), first
+    assert "simulating the console of workspace" in first and "Ctrl-C to stop" in first, first

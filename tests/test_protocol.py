@@ -13,7 +13,7 @@ from opspush.core.channels import Channel, ChannelError, Kind, canonical_id, par
 from opspush.core.protocol import Hello, Pause, ProtocolError, Resume, Subscribe, Unsubscribe
 from opspush.engine.outbox import Outbox
 
-SECRET = "s" * 32
+SECRET = "s" * 64  # long enough for HS512 too (the wrong-algorithm cases)
 CLAIMS = {"sub": "7", "exp": 5000}
 
 

@@ -14,20 +14,21 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote as url_quote
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ..core.outcomes import failure_reasons, outcome_from_counts
 from ..database.mapping import DOMAIN, load, quote
 from ..database.migrations import new_database
+from ..resources import examples_dir
 from . import attach
 
 log = logging.getLogger("opspush.host_demo")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "laravel"
+EXAMPLE = examples_dir() / "laravel"  # package data in the wheel
 SCHEMA = EXAMPLE / "schema.sql"
 MAPPING = EXAMPLE / "opspush.toml"
 NOW = "(now() AT TIME ZONE 'UTC')"  # what Laravel writes into timestamp(0) columns
@@ -272,6 +273,13 @@ class DemoHost:
     workspace_id: int
     tenant_ids: list[int]
     owner_id: int
+    run_id: int  # the run the demo links: in flight for minutes (SHOWCASE_TOTAL)
+
+
+# The run the demo links: about five minutes at 1 to 3 items a second.
+SHOWCASE_TOTAL = 600
+SHOWCASE_PACE = (1, 3)
+FAILURE_CHANCE = 0.05  # per running run and step: an item fails
 
 
 async def prepare(
@@ -295,13 +303,21 @@ async def prepare(
         await console.user(workspace, "operator", tenants[:2])
         for tenant in tenants:
             await console.pack(workspace, tenant, owner)
+        showcase = await console.run(
+            workspace,
+            tenants[0],
+            type="directory.export",
+            user_id=owner,
+            summary_counts={"total": SHOWCASE_TOTAL, "processed": 0, "succeeded": 0, "failed": 0},
+        )
+        await console.start_run(showcase)
         await attach.attach(db, mapping, triggers=True, say=say)
         password = secrets.token_urlsafe(16)
         await db.execute(f"DROP ROLE IF EXISTS {quote(role)}")
         await create_serving_role(db, role, password, mapping.schema)
     finally:
         await db.close()
-    return DemoHost(dsn, as_role(dsn, role, password), workspace, tenants, owner)
+    return DemoHost(dsn, as_role(dsn, role, password), workspace, tenants, owner, showcase)
 
 
 class HostSimulator:
@@ -335,7 +351,7 @@ class HostSimulator:
                 rng.choice([*self.host.tenant_ids, None]),
                 type=rng.choice(("inventory.sync", "policy.backup", "compliance.scan")),
                 user_id=self.host.owner_id,
-                summary_counts={"total": total, "processed": 0},
+                summary_counts={"total": total, "processed": 0, "succeeded": 0, "failed": 0},
             )
         for run in active:
             if run["status"] == "queued":
@@ -343,12 +359,19 @@ class HostSimulator:
                 continue
             counts = json.loads(run["counts"] or "{}")
             total = int(counts.get("total", 50))
-            processed = min(total, int(counts.get("processed", 0)) + rng.randint(1, total // 5))
-            await console.progress(run["id"], {"total": total, "processed": processed})
+            pace = SHOWCASE_PACE if run["id"] == self.host.run_id else (1, max(2, total // 5))
+            processed = min(total, int(counts.get("processed", 0)) + rng.randint(*pace))
+            failed = int(counts.get("failed", 0)) + (1 if rng.random() < FAILURE_CHANCE else 0)
+            counts = {
+                "total": total,
+                "processed": processed,
+                "succeeded": processed - failed,
+                "failed": failed,
+            }
+            await console.progress(run["id"], counts)
             if processed >= total:
-                await console.complete_run(
-                    run["id"], rng.choice(("succeeded", "partially_succeeded"))
-                )
+                outcome = outcome_from_counts(counts)
+                await console.complete_run(run["id"], outcome, failure_reasons(outcome, counts))
         packs = await self.db.fetch(
             """SELECT DISTINCT ON (tenant_id) id, tenant_id, status FROM review_packs
                WHERE workspace_id = $1 AND deleted_at IS NULL
@@ -369,7 +392,7 @@ Hook = Callable[[Any], Awaitable[Coroutine[Any, Any, None] | None]]
 
 def startup(settings: Any, host: DemoHost, links: Callable[..., None]) -> Hook:
     async def start(service: Any) -> Coroutine[Any, Any, None]:
-        links(settings, host.workspace_id, host.tenant_ids, host.owner_id, None)
+        links(settings, host.workspace_id, host.tenant_ids, host.owner_id, host.run_id)
 
         async def simulate() -> None:
             db = await asyncpg.connect(host.dsn)

@@ -42,10 +42,11 @@ SERVE_ENV = """environment:
 DEMO_ENV = """environment:
   DATABASE_URL       unset (the default): an embedded PostgreSQL in OPSPUSH_DATA_DIR
                      (default ~/.local/share/opspush/demo)
-  OPSPUSH_SECRET     unset: one made once and kept in <OPSPUSH_DATA_DIR>-secret
+  OPSPUSH_SECRET     unset: one made once and kept in <OPSPUSH_DATA_DIR>-secret (the Pusher
+                     secret likewise, in <OPSPUSH_DATA_DIR>-pusher-secret)
   OPSPUSH_HOST, OPSPUSH_PORT, OPSPUSH_LOG_LEVEL
-reset the demo's data: stop it, then
-  rm -rf ~/.local/share/opspush/demo ~/.local/share/opspush/demo-secret"""
+reset the demo's data (both modes, and their secrets): stop it, then
+  rm -rf ~/.local/share/opspush/demo*"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -295,10 +296,10 @@ def demo_data_dir() -> str:
     return os.path.join(os.path.dirname(default_data_dir()), "demo")
 
 
-def demo_secret(data_dir: str) -> str:
-    """The demo's secret, kept beside its data, so that the links it printed keep working
-    after a restart: made once, read after."""
-    path = Path(f"{data_dir.rstrip('/')}-secret")
+def demo_secret(data_dir: str, name: str = "secret") -> str:
+    """A secret of the demo's, kept beside its data (`<data_dir>-<name>`), so that the links
+    and the `.env` values it printed keep working after a restart: made once, read after."""
+    path = Path(f"{data_dir.rstrip('/')}-{name}")
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not any(env.get(name) for name in ("OPSPUSH_PUSHER_APP_ID", "OPSPUSH_PUSHER_KEY")):
         env["OPSPUSH_PUSHER_APP_ID"] = "opspush-demo"
         env["OPSPUSH_PUSHER_KEY"] = "opspush-demo-key"
-        env["OPSPUSH_PUSHER_SECRET"] = secrets.token_hex(16)
+        env["OPSPUSH_PUSHER_SECRET"] = demo_secret(env["OPSPUSH_DATA_DIR"], "pusher-secret")
     settings = _settings(args, env)
     configure_logging(settings.log_level)
     from .demo import broadcasting_auth_route
@@ -367,13 +368,7 @@ def _demo_startup(settings: Settings) -> Any:
         async with pool.acquire() as connection:
             ids = await seed(connection)
         simulator = Simulator(pool, ids)
-        await simulator.ensure_activity()
-        # The newest run still in flight: the one that will keep moving longest.
-        moving = await pool.fetchval(
-            """SELECT max(id) FROM operation_runs
-               WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
-            ids.workspace_id,
-        )
+        moving = await simulator.start_showcase_run()  # in flight for minutes, not seconds
         _demo_links(settings, ids.workspace_id, ids.tenant_ids, ids.owner_id, moving)
         return simulator.run()
 
@@ -385,7 +380,7 @@ def _demo_links(
     workspace_id: int,
     tenant_ids: list[int],
     owner_id: int,
-    run_id: int | None,
+    run_id: int,
 ) -> None:
     """Where to look: the wall, a run still in flight, a card, the index, and the token."""
     from ..core.auth import mint_token
@@ -398,14 +393,15 @@ def _demo_links(
     print(
         f"\nopspush demo is running{mode} (data: {data})\n"
         f"  wall (every live run): {base}/wall/{workspace_id}#token={token}\n"
-        f"  a run in flight:       {base}/runs/{run_id or 1}#token={token}\n"
+        f"  a run in flight:       {base}/runs/{run_id}#token={token}\n"
         f"  review pack:           {base}/tenants/{tenant_ids[0]}/review-pack#token={token}\n"
         f"  all pages:             {base}/#token={token}\n"
         f"  WebSocket:             ws://{host}:{settings.port}/ws\n"
         f"  token (user {owner_id}, owner, 12 h): {token}\n"
-        + _demo_pusher_lines(settings, base, run_id or 1)
-        + "Runs finish within a minute or so; the wall always lists the live ones. The links\n"
-        "keep working across restarts (the secret is kept beside the data).\n",
+        + _demo_pusher_lines(settings, base, run_id)
+        + "The linked run lasts about five minutes; the others finish within a minute or so,\n"
+        "and the wall always lists the live ones. The links keep working across restarts\n"
+        "(the secret is kept beside the data).\n",
         flush=True,
     )
 
@@ -427,17 +423,24 @@ def _demo_pusher_lines(settings: Settings, base: str, run_id: int) -> str:
 def _simulate(args: argparse.Namespace) -> int:
     from ..database.storage import create_pool
     from .database_errors import guarded
-    from .demo import Simulator, seed
+    from .demo import DEMO_WORKSPACE, Simulator, seed
 
-    logging.basicConfig(level="INFO")
+    configure_logging(os.environ.get("OPSPUSH_LOG_LEVEL") or "info")
     url = database_url_only()
+    log = logging.getLogger("opspush.simulate")
 
     async def go() -> None:
         pool = await create_pool(url, 2)
         try:
             async with pool.acquire() as connection:
                 ids = await seed(connection)
-            await Simulator(pool, ids).run()
+            log.info(
+                "simulating the console of workspace %d (%s): runs and review packs move a step "
+                "a second; a summary every minute; Ctrl-C to stop",
+                ids.workspace_id,
+                DEMO_WORKSPACE,
+            )
+            await Simulator(pool, ids).run(report_every=60, report=log.info)
         finally:
             await pool.close()
 

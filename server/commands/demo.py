@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
@@ -20,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import PusherApp
+from ..core.outcomes import failure_reasons, outcome_from_counts
 from ..pusher import protocol as pusher
 
 log = logging.getLogger("opspush.demo")
@@ -28,7 +31,6 @@ Db = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 DEMO_WORKSPACE = "Contoso Operations"
 RUN_TYPES = ("inventory.sync", "policy.backup", "compliance.scan", "directory.export")
-OUTCOMES = ("succeeded",) * 6 + ("partially_succeeded", "failed", "blocked", "cancelled")
 # role -> the tenants (by position) a user of that role is entitled to
 DEMO_USERS = (
     ("Olivia Owner", "owner@demo.opspush", "owner", ()),
@@ -100,8 +102,23 @@ async def seed(connection: Db) -> DemoIds:
     return DemoIds(workspace_id, tenant_ids, user_ids)
 
 
+# The run the demo links: about five minutes at 1 to 3 items a second.
+SHOWCASE_TOTAL = 600
+SHOWCASE_PACE = (1, 3)
+# Per run and step: a queued run is blocked, a running one is cancelled, some items fail;
+# a run whose first items all fail keeps failing them all (its outcome: failed).
+BLOCK_CHANCE = 0.02
+CANCEL_CHANCE = 0.005
+FAILURE_CHANCE = 0.03
+DOOMED_CHANCE = 0.05
+
+
 class Simulator:
-    """One step a second: new runs arrive, running ones progress, some finish."""
+    """One step a second: new runs arrive, running ones progress, some finish.
+
+    A run stops at its end, or when it is blocked or cancelled; its outcome and failure
+    reasons follow from its counters (core/outcomes.py).
+    """
 
     def __init__(
         self,
@@ -115,25 +132,46 @@ class Simulator:
         self.ids = ids
         self.max_active = max_active
         self.random = random.Random(seed_value)
+        self.showcase: set[int] = set()  # the runs that move at SHOWCASE_PACE
+        # Since the last report: runs created, runs finished by outcome; and in flight now.
+        self.created = 0
+        self.finished: Counter[str] = Counter()
+        self.in_flight = 0
 
-    async def run(self, period: float = 1.0) -> None:
+    async def run(
+        self,
+        period: float = 1.0,
+        *,
+        report_every: int = 0,
+        report: Callable[[str], None] = log.info,
+    ) -> None:
+        """Step every `period` seconds; every `report_every` steps (0: never), `report` what
+        the steps did."""
+        steps = 0
         while True:
             try:
                 await self.step()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("simulator step failed: %s", error)
+            steps += 1
+            if report_every and steps % report_every == 0:
+                report(
+                    progress_line(
+                        report_every * period, self.created, self.finished, self.in_flight
+                    )
+                )
+                self.created, self.finished = 0, Counter()
             await asyncio.sleep(period)
 
-    async def ensure_activity(self) -> None:
-        """At least one run in flight, so the demo has something to show at once."""
+    async def start_showcase_run(self) -> int:
+        """A run in flight at once that lasts minutes: the one to link. A new one at every
+        start, since what a previous start left running may be about to finish."""
         async with self.pool.acquire() as db:
-            active = await db.fetchval(
-                """SELECT count(*) FROM operation_runs
-                   WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
-                self.ids.workspace_id,
+            run_id = await self._create_run(
+                db, datetime.now(UTC), total=SHOWCASE_TOTAL, running=True
             )
-            if not active:
-                await self._create_run(db, datetime.now(UTC))
+        self.showcase.add(run_id)
+        return run_id
 
     async def step(self) -> None:
         rng = self.random
@@ -144,12 +182,16 @@ class Simulator:
                    WHERE workspace_id = $1 AND status IN ('queued', 'running')""",
                 self.ids.workspace_id,
             )
+            self.in_flight = len(active)
             if len(active) < self.max_active and rng.random() < 0.5:
                 await self._create_run(db, now)
+                self.in_flight += 1
             for run in active:
                 counts = run["summary_counts"] if isinstance(run["summary_counts"], dict) else {}
                 if run["status"] == "queued":
-                    if rng.random() < 0.5:
+                    if rng.random() < BLOCK_CHANCE:
+                        await self._finish(db, run["id"], counts, now)
+                    elif rng.random() < 0.5:
                         await db.execute(
                             """UPDATE operation_runs SET status = 'running', started_at = $2,
                                updated_at = $2 WHERE id = $1""",
@@ -164,34 +206,56 @@ class Simulator:
                 "DELETE FROM operation_runs WHERE completed_at < $1", now - timedelta(hours=1)
             )
 
-    async def _create_run(self, db: Db, now: datetime) -> None:
+    async def _create_run(
+        self, db: Db, now: datetime, *, total: int | None = None, running: bool = False
+    ) -> int:
         rng = self.random
         tenant_id = rng.choice([*self.ids.tenant_ids, None])
-        total = rng.choice((20, 50, 120, 300))
-        await db.execute(
+        self.created += 1
+        run_id: int = await db.fetchval(
             """INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome,
-                   summary_counts, initiated_by_user_id, created_at, updated_at)
-               VALUES ($1, $2, $3, 'queued', 'pending', $4::jsonb, $5, $6, $6)""",
+                   summary_counts, initiated_by_user_id, created_at, updated_at, started_at)
+               VALUES ($1, $2, $3, $4, 'pending', $5::jsonb, $6, $7, $7,
+                       CASE WHEN $4 = 'running' THEN $7::timestamptz END)
+               RETURNING id""",
             self.ids.workspace_id,
             tenant_id,
             rng.choice(RUN_TYPES),
-            {"total": total, "processed": 0, "succeeded": 0, "failed": 0},
+            "running" if running else "queued",
+            {
+                "total": total or rng.choice((20, 50, 120, 300)),
+                "processed": 0,
+                "succeeded": 0,
+                "failed": 0,
+            },
             self.ids.owner_id,
             now,
         )
+        return run_id
 
     async def _advance(self, db: Db, run_id: int, counts: dict[str, int], now: datetime) -> None:
         rng = self.random
+        showcase = run_id in self.showcase
         total = int(counts.get("total", 100))
-        processed = min(total, int(counts.get("processed", 0)) + rng.randint(1, max(2, total // 8)))
-        failed = int(counts.get("failed", 0)) + (1 if rng.random() < 0.1 else 0)
+        processed = int(counts.get("processed", 0))
+        failed = int(counts.get("failed", 0))
+        pace = SHOWCASE_PACE if showcase else (1, max(2, total // 8))
+        new = min(total - processed, rng.randint(*pace))
+        if processed and failed >= processed:
+            new_failed = new  # failing throughout
+        elif not processed:
+            new_failed = new if not showcase and rng.random() < DOOMED_CHANCE else 0
+        else:
+            new_failed = rng.randint(1, min(new, 3)) if new and rng.random() < FAILURE_CHANCE else 0
+        processed, failed = processed + new, failed + new_failed
         counts = {
             "total": total,
             "processed": processed,
-            "succeeded": max(0, processed - failed),
+            "succeeded": processed - failed,
             "failed": failed,
         }
-        if processed < total:
+        cancelled = not showcase and rng.random() < CANCEL_CHANCE
+        if processed < total and not cancelled:
             await db.execute(
                 """UPDATE operation_runs SET summary_counts = $2::jsonb, updated_at = $3
                    WHERE id = $1""",
@@ -200,10 +264,11 @@ class Simulator:
                 now,
             )
             return
-        outcome = rng.choice(OUTCOMES)
-        failures = []
-        if outcome != "succeeded":
-            failures = [{"code": "tenant.throttled", "message": "Graph API throttled", "count": 3}]
+        await self._finish(db, run_id, counts, now)
+
+    async def _finish(self, db: Db, run_id: int, counts: dict[str, int], now: datetime) -> None:
+        """Complete a run with the outcome and the failure reasons its counters imply."""
+        outcome = outcome_from_counts(counts)
         await db.execute(
             """UPDATE operation_runs SET status = 'completed', outcome = $2,
                    summary_counts = $3::jsonb, failure_summary = $4::jsonb,
@@ -212,9 +277,12 @@ class Simulator:
             run_id,
             outcome,
             counts,
-            failures,
+            failure_reasons(outcome, counts),
             now,
         )
+        self.showcase.discard(run_id)
+        self.finished[outcome] += 1
+        self.in_flight -= 1
 
     async def _advance_packs(self, db: Db, now: datetime) -> None:
         rng = self.random
@@ -260,6 +328,18 @@ class Simulator:
                     now,
                     size,
                 )
+
+
+def progress_line(seconds: float, created: int, finished: Mapping[str, int], in_flight: int) -> str:
+    """What the simulator did lately, in one line (`opspush simulate` says it every minute)."""
+    outcomes = ", ".join(
+        f"{count} {outcome.replace('_', ' ')}" for outcome, count in sorted(finished.items())
+    )
+    return (
+        f"last {seconds:g} s: runs created {created}, finished {sum(finished.values())}"
+        + (f" ({outcomes})" if outcomes else "")
+        + f"; in flight {in_flight}"
+    )
 
 
 def broadcasting_auth_route(app: PusherApp) -> Route:

@@ -124,6 +124,9 @@ def uvicorn_config(
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         access_log=False,
+        # uvicorn's loggers reach the root, in opspush's one format (commands/logs.py),
+        # rather than in a format of their own beside it.
+        log_config=None,
     )
     redact_logs()  # uvicorn has configured its loggers by now
     return config

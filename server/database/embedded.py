@@ -96,7 +96,10 @@ def start(data_dir: str | Path, *, delete_on_stop: bool = False) -> EmbeddedPost
     if _configure(server):
         log.info("restarting the embedded PostgreSQL to apply its settings")
         embedded.restart()
-    server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements;")
+    # Quiet: on a restart psql would print "NOTICE: extension ... already exists, skipping".
+    server.psql(
+        "SET client_min_messages TO warning;\nCREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
+    )
     return embedded
 
 

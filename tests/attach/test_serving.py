@@ -9,6 +9,7 @@ host's layout.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 
 from opspush.attach import host_demo
 from opspush.core.clock import ManualClock
+from opspush.core.outcomes import failure_reasons, outcome_from_counts
 from tests.attach.conftest import Host, attached_server
 from tests.conftest import RunningServer, Viewer, running_server
 from tests.reliability.conftest import wait_until
@@ -412,6 +414,21 @@ async def test_the_attach_demo_host_moves_and_is_served(
             served.engine.wake_all()  # the tick would get there within 10 s
             frame = await viewer.until(lambda f: f["type"] == "state" and f["data"]["runs"])
             assert frame["data"]["workspace_id"] == demo.workspace_id
+            for _ in range(120):  # two minutes of the demo, a step a second
+                await simulator.step()
+            # The run the demo links is still in flight; the finished ones agree with their
+            # counters (no "Partially succeeded" with nothing failed).
+            linked = await viewer.subscribe(f"run:{demo.run_id}")
+            assert linked["type"] == "state" and linked["data"]["status"] == "running", linked
+            finished = await db.fetch(
+                """SELECT outcome, summary_counts::text AS counts, failure_summary::text AS failures
+                   FROM operation_runs WHERE status = 'completed'"""
+            )
+            assert len(finished) > 5
+            for run in finished:
+                counts, failures = json.loads(run["counts"]), json.loads(run["failures"])
+                assert run["outcome"] == outcome_from_counts(counts), counts
+                assert failures == failure_reasons(run["outcome"], counts), (counts, failures)
     finally:
         await db.close()
         admin = await asyncpg.connect(admin_dsn)
