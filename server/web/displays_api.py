@@ -139,7 +139,7 @@ def approval_address(request: Request, service: Service, code: str) -> str:
 def qr_svg(text: str) -> str:
     """The QR code of `text`, as an inline SVG (made here: the page fetches nothing else)."""
     code = segno.make(text, error="m")
-    svg: str = code.svg_inline(scale=6, border=2, dark="#000", light="#fff")
+    svg: str = code.svg_inline(scale=6, border=2, dark="#000", light="#fff", omitsize=True)
     return svg
 
 
