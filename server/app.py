@@ -23,7 +23,7 @@ from .pusher.hub import PusherHub
 from .resources import static_dir
 from .service import Service
 from .tasks import cancel_and_wait
-from .web import metrics
+from .web import displays_api, metrics
 from .web.headers import SecurityHeaders
 from .web.http_api import IdConvertor, review_pack_endpoint, run_endpoint
 
@@ -125,6 +125,9 @@ def create_app(
         Route("/runs/{run_id:id}", page("run.html")),
         Route("/tenants/{tenant_id:id}/review-pack", page("review-pack.html")),
         Route("/wall/{workspace_id:id}", page("wall.html")),
+        Route("/wall", page("wall.html")),  # a display, paired (docs/displays.md)
+        Route("/displays/approve", page("display-approve.html")),
+        *displays_api.routes(),
         Route("/echo/runs/{run_id:id}", page("echo-run.html")),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]

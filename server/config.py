@@ -77,6 +77,11 @@ class Settings:
     config_file: str | None = None  # OPSPUSH_CONFIG; None: standalone
     attach_schema: str | None = None
     max_channel_token_ttl: float = 900.0  # a token with a `channels` claim lives this long at most
+    # Wall displays (docs/displays.md).
+    display_token_ttl: float = 900.0  # OPSPUSH_DISPLAY_TOKEN_TTL
+    pairing_ttl: float = 600.0  # OPSPUSH_PAIRING_TTL
+    pairing_rate: int = 10  # OPSPUSH_PAIRING_RATE: pairing requests per address per minute
+    display_approve_url: str | None = None  # OPSPUSH_DISPLAY_APPROVE_URL; None: /displays/approve
 
     @property
     def attached(self) -> bool:
@@ -102,6 +107,12 @@ class Settings:
             max_channel_token_ttl=_float(
                 env, "OPSPUSH_MAX_CHANNEL_TOKEN_TTL", defaults.max_channel_token_ttl, 1, 86_400
             ),
+            display_token_ttl=_float(
+                env, "OPSPUSH_DISPLAY_TOKEN_TTL", defaults.display_token_ttl, 10, 86_400
+            ),
+            pairing_ttl=_float(env, "OPSPUSH_PAIRING_TTL", defaults.pairing_ttl, 30, 3600),
+            pairing_rate=_int(env, "OPSPUSH_PAIRING_RATE", defaults.pairing_rate, 0, 100_000),
+            display_approve_url=env.get("OPSPUSH_DISPLAY_APPROVE_URL") or None,
             secret=secret,
             database_url=_database_url(env.get("DATABASE_URL") or None),
             allowed_origins=_origins(env.get("OPSPUSH_ALLOWED_ORIGINS", "")),

@@ -96,15 +96,16 @@ class Service:
             stats=self.stats,
         )
         self._engine.start()
-        if self.settings.notify or self.pusher_hub is not None:
-            self.listener = Listener(
-                self.dsn,
-                self._engine,
-                window=self.settings.notify_window,
-                notify=self.settings.notify,
-                relay=None if self.pusher_hub is None else self.pusher_hub.on_payload,
-            )
-            self.listener.start()
+        # Always: a display's revocation reaches every process this way (docs/displays.md).
+        self.listener = Listener(
+            self.dsn,
+            self._engine,
+            window=self.settings.notify_window,
+            notify=self.settings.notify,
+            relay=None if self.pusher_hub is None else self.pusher_hub.on_payload,
+            displays=self.terminate_display,
+        )
+        self.listener.start()
 
     async def _announce_attach(self, schema: str) -> None:
         from .attach.attach import triggers_installed
@@ -162,6 +163,15 @@ class Service:
             session.terminate()
         if ended:
             log.info("the host terminated user %d's connections: %d socket(s)", user_id, len(ended))
+
+    def terminate_display(self, display_id: int) -> None:
+        """Close every socket of this wall display on this process: it was revoked (on any
+        process: the revocation is relayed through PostgreSQL, database/displays.py)."""
+        ended = [s for s in self.sessions if getattr(s, "display_id", None) == display_id]
+        for session in ended:
+            session.terminate()
+        if ended:
+            log.info("display %d was revoked: %d socket(s) closed", display_id, len(ended))
 
     async def wait_sessions(self, predicate: Callable[[set[Session]], bool]) -> None:
         """Wait until the open sessions satisfy `predicate` (for tests and drains)."""

@@ -1,4 +1,7 @@
 // wall.js: the ops wall display, /wall/{workspace_id}: full screen, a clock, live runs.
+// Opened without a token (/wall, or /wall/{id}), it is a paired display: see display.js.
+import { startDisplay } from "./display.js";
+import { pageToken } from "./opspush.js";
 import { startPage } from "./page.js";
 import { mountWall } from "./wall-view.js";
 
@@ -20,7 +23,24 @@ function tick() {
 }
 tick();
 
-startPage({
+/** @param {string | number} id @param {string} name */
+function titled(id, name) {
+  const heading = document.getElementById("wall-title");
+  if (heading) heading.textContent = `${name} · Operations`;
+  document.title = `Wall · ${name} · opspush`;
+  return heading ?? undefined;
+}
+
+if (!pageToken()) {
+  startDisplay({
+    root: /** @type {HTMLElement} */ (document.getElementById("app")),
+    indicator: /** @type {HTMLElement} */ (document.querySelector("[data-connection]")),
+    mount(root, client, workspaceId, displayName) {
+      titled(workspaceId, displayName);
+      return mountWall(root, { client, workspaceId, onName: (name) => titled(workspaceId, name) });
+    },
+  });
+} else startPage({
   prefix: "/wall/",
   noun: "workspace",
   mount(root, client, id) {

@@ -361,6 +361,7 @@ def _objects(mapping: Mapping, report: Report, triggers: bool, version: int) -> 
             f"DROP FUNCTION IF EXISTS {schema}.json_or(text, jsonb, text, bigint)",
         )
     ]
+    objects.append(displays_tables(mapping.schema))
     for name, resolved in report.tables.items():
         objects.append(
             Object(
@@ -385,6 +386,26 @@ def _objects(mapping: Mapping, report: Report, triggers: bool, version: int) -> 
                 )
             )
     return objects
+
+
+DISPLAY_TABLES = ("displays", "display_pairings", "display_approval_failures")
+
+
+def displays_tables(schema: str) -> Object:
+    """opspush's own tables for wall displays (sql/004_displays.sql), made in its schema:
+    the only tables the serving role writes (README, attach grants)."""
+    from ..resources import sql_dir
+
+    tables = ", ".join(f"{quote(schema)}.{quote(name)}" for name in DISPLAY_TABLES)
+    return Object(
+        f"tables {schema}.displays",
+        (
+            f"SET LOCAL search_path TO {quote(schema)}",
+            (sql_dir() / "004_displays.sql").read_text(),
+            "RESET search_path",
+        ),
+        f"DROP TABLE IF EXISTS {tables}",
+    )
 
 
 def _digest(statements: tuple[str, ...]) -> str:

@@ -45,11 +45,15 @@ Db = asyncpg.Pool | asyncpg.Connection
 
 
 def grant_lines(schema: str, role: str) -> list[str]:
-    """The README's GRANT lines: USAGE on opspush's schema, SELECT on its views; nothing else."""
+    """The README's GRANT lines: USAGE on opspush's schema, SELECT on its views, and the
+    writes of its own display tables; nothing else."""
     views = ", ".join(f"{quote(schema)}.{quote(name)}" for name in DOMAIN)
+    tables = ", ".join(f"{quote(schema)}.{quote(name)}" for name in attach.DISPLAY_TABLES)
     return [
         f"GRANT USAGE ON SCHEMA {quote(schema)} TO {quote(role)}",
         f"GRANT SELECT ON {views} TO {quote(role)}",
+        # Wall displays (docs/displays.md): opspush's own tables, nothing of the host's.
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {quote(role)}",
     ]
 
 

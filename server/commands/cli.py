@@ -1,4 +1,4 @@
-"""The `opspush` command: serve, migrate, attach, detach, token, demo, simulate."""
+"""The `opspush` command: serve, migrate, attach, detach, token, demo, simulate, display."""
 
 from __future__ import annotations
 
@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     simulate.set_defaults(func=_simulate)
+
+    from .display_cli import add_parser as add_display_parser
+
+    add_display_parser(commands)
     return parser
 
 

@@ -27,6 +27,10 @@ class Identity:
     expires_at: float  # UNIX seconds
     # The `channels` claim: None when the tables decide; else exactly what is granted.
     channels: frozenset[str] | None = None
+    # A wall display's token (docs/displays.md): `sub` is its approver, and it may watch
+    # `operations:{wall_id}` and nothing else.
+    display_id: int | None = None
+    wall_id: int | None = None
 
     @property
     def expires_at_iso(self) -> str:
@@ -84,9 +88,26 @@ def verify_token(
     if user_id < 1:
         raise InvalidToken("sub must be a positive user id")
     issued = now if iat is None else min(iat, now)
+    display_id, wall_id = _display(claims)
     return Identity(
-        user_id=user_id, expires_at=exp, channels=_channels(claims, exp - issued, max_channel_ttl)
+        user_id=user_id,
+        expires_at=exp,
+        channels=_channels(claims, exp - issued, max_channel_ttl),
+        display_id=display_id,
+        wall_id=wall_id,
     )
+
+
+def _display(claims: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The `display` and `wall` claims of a display's token: both positive ids, or neither."""
+    if "display" not in claims and "wall" not in claims:
+        return None, None
+    values = claims.get("display"), claims.get("wall")
+    if "channels" in claims or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**63 - 1 for v in values
+    ):
+        raise InvalidToken("display and wall must be positive ids, without channels")
+    return values[0], values[1]
 
 
 def _channels(claims: dict[str, Any], lifetime: float, max_ttl: float) -> frozenset[str] | None:
@@ -130,9 +151,13 @@ def mint_token(
     now: float | None = None,
     *,
     channels: list[str] | None = None,
+    display: tuple[int, int] | None = None,
 ) -> str:
+    """`display`: (display id, workspace id), for a wall display's token."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, object] = {"sub": str(user_id), "iat": issued, "exp": issued + int(ttl)}
     if channels is not None:
         claims["channels"] = list(channels)
+    if display is not None:
+        claims["display"], claims["wall"] = display
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

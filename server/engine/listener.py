@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ..database import displays as display_relay
 from ..database import notifications
 from ..database import relay as pusher_relay
 from ..tasks import cancel_and_wait
@@ -40,6 +41,7 @@ class Listener:
         window: float = 0.02,
         notify: bool = True,
         relay: Callable[[str], None] | None = None,
+        displays: Callable[[int], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.engine = engine
@@ -47,6 +49,8 @@ class Listener:
         self.notify = notify  # wake the engine on change notifications
         # The Pusher HTTP API's messages from every process (pusher_relay), on this connection.
         self.relay = relay
+        # Revoked wall displays, by id, from every process (database/displays.py).
+        self.displays = displays
         self.connected = asyncio.Event()
         self.received = 0  # notifications seen
         self.connects = 0
@@ -92,6 +96,8 @@ class Listener:
                 await connection.add_listener(notifications.CHANNEL, self._on_notification)
             if self.relay is not None:
                 await connection.add_listener(pusher_relay.CHANNEL, self._on_relay)
+            if self.displays is not None:
+                await connection.add_listener(display_relay.CHANNEL, self._on_display)
             self.connects += 1
             self.server_pid = connection.get_server_pid()
             self.connected.set()
@@ -150,6 +156,16 @@ class Listener:
     ) -> None:
         assert isinstance(payload, str) and self.relay is not None
         self.relay(payload)
+
+    def _on_display(
+        self,
+        _connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        _pid: int,
+        _channel: str,
+        payload: object,
+    ) -> None:
+        if self.displays is not None and isinstance(payload, str) and payload.isdigit():
+            self.displays(int(payload))
 
     def _wake(self) -> None:
         self._flush = None

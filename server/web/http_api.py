@@ -142,6 +142,8 @@ async def _authorized(
     identity = _identity(request, service)
     if identity is None:
         return JSONResponse(_UNAUTHORIZED, status_code=401)
+    if identity.display_id is not None:
+        return _refusal("forbidden")  # a display's token watches its wall, and nothing else
     ident: int = request.path_params[key]
     if not valid_id(ident):
         return _refusal("not_found")  # the same answer as for an id that does not exist

@@ -51,6 +51,11 @@ class ViewerConnection(EngineSocket):
         return None if self.identity is None else self.identity.user_id
 
     @property
+    def display_id(self) -> int | None:
+        """The wall display this socket signed in as (docs/displays.md), if any."""
+        return None if self.identity is None else self.identity.display_id
+
+    @property
     def sending(self) -> bool:
         return self.identity is not None  # nothing goes out before the welcome
 
@@ -173,7 +178,7 @@ class ViewerConnection(EngineSocket):
         self._hello = None
         if not self.open():
             return  # closed meanwhile (a shutdown, say)
-        if not facts.exists:
+        if not facts.exists or not await self._display_active(identity):
             self.close(protocol.CLOSE_UNAUTHENTICATED)
             return
         self.identity = identity
@@ -193,6 +198,20 @@ class ViewerConnection(EngineSocket):
         if self.transport is not None and not self.gone:
             self.transport.resume_reading()
 
+    async def _display_active(self, identity: Identity) -> bool:
+        """A display's token works only while the display is not revoked: checked at every
+        hello, since a revocation must stop its tokens at once, not at their expiry."""
+        if identity.display_id is None:
+            return True
+        from ..database import displays
+
+        try:
+            active = await displays.is_active(self.service.pool, identity.display_id)
+        except Exception as error:  # the database did not answer: the client comes back
+            log.info("could not check display %d: %s", identity.display_id, error)
+            active = False
+        return active and self.open()
+
     def _hello_late(self) -> None:
         self._deadline = None
         self.close(protocol.CLOSE_HELLO_TIMEOUT)
@@ -210,6 +229,10 @@ class ViewerConnection(EngineSocket):
                     self._error(
                         channel.name, "too_many_subscriptions", "subscription limit reached"
                     )
+                    return
+                wall = self.identity.wall_id
+                if wall is not None and channel != Channel(Kind.WALL, wall):
+                    self._error(channel.name, "forbidden", "a display watches its wall only")
                     return
                 granted = self.identity.channels
                 if granted is not None and (

@@ -195,7 +195,8 @@ async def test_concurrent_attach_runs_are_serialized_and_idempotent(host: Host) 
 
     await asyncio.gather(*(one(lines) for lines in said))
     created = [lines for lines in said if lines]
-    assert len(created) == 1 and len(created[0]) == 2 + len(DOMAIN), said  # schema, function, views
+    # schema, function, display tables, views
+    assert len(created) == 1 and len(created[0]) == 3 + len(DOMAIN), said
     async with host.pool.acquire() as db:
         lines: list[str] = []
         assert await attach.detach(db, mapping, say=lines.append)

@@ -100,7 +100,7 @@ async def scoped(
 
 async def reach(server: RunningServer, clock: ManualClock, interval: float) -> None:
     """Let the change be read: by its notification, or else by the tick one interval later."""
-    if server.service.listener is None:
+    if not server.settings.notify:
         await step(server, clock, interval)
 
 
@@ -137,7 +137,7 @@ async def test_a_run_leaving_the_viewers_scope_is_never_pushed(
                 await db.update_run(run, **changes(t2, clock.now())[change_name])
                 await reach(server, clock, 10.0)
                 if mode == "paused alone, then resumed":
-                    if server.service.listener is not None:  # the notification is seen first
+                    if server.settings.notify:  # the notification is seen first
                         await marked_stale(server, Channel(Kind.RUN, run))
                     await reader.send({"op": "resume", "ch": ch})
                 frames = await frames_until_closed(reader)
@@ -153,7 +153,7 @@ async def test_a_run_leaving_the_viewers_scope_is_never_pushed(
                     assert moved["data"]["failure_summary"][0]["code"] == "tenant2.only"
                     await other.close()
         logs.assert_clean()
-    how = "notifications" if server.service.listener is not None else "the tick only"
+    how = "notifications" if server.settings.notify else "the tick only"
     record(
         "hostile",
         f"a watched run moves out of a readonly viewer's scope with a new failure summary "
@@ -191,7 +191,7 @@ async def test_a_run_leaving_a_users_scope_leaves_their_wall_in_the_same_push(
     # One read brought both: the run left the reader's wall in the push that moved it.
     assert server.service.stats.reads[Kind.WALL] == reads + 1
     await sync(reader)  # nothing else arrived for the reader
-    how = "notifications" if server.service.listener is not None else "the tick only"
+    how = "notifications" if server.settings.notify else "the tick only"
     record(
         "hostile",
         f"a run on a wall moves to a tenant the viewer is not entitled to; {how}",
