@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import jwt
 import pytest
 
 from opspush import __version__ as opspush_version
@@ -66,6 +67,40 @@ def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], mess
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("opspush: ")
+
+
+BAD_COMMANDS = [
+    (["token", "--user", "99999999999999999999999"], {}, "--user must be a user id from 1 to 9"),
+    (["token", "--user", "0"], {}, "--user must be a user id from 1 to 9223372036854775807, not 0"),
+    (["token", "--user", "7", "--ttl", "0"], {}, "--ttl must be at least 1 second, not 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), BAD_COMMANDS)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = opspush(*args, env={"OPSPUSH_SECRET": SECRET, **env})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("opspush: ") and not result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "lifetime"),
+    [
+        (["--channel", "run:42"], {}, 900),  # a channels token lives at most 900 s
+        (["--channel", "run:42"], {"OPSPUSH_MAX_CHANNEL_TOKEN_TTL": "120"}, 120),
+        ([], {"OPSPUSH_MAX_TOKEN_TTL": "600"}, 600),
+    ],
+)
+def test_token_lives_as_long_as_it_may_by_default(
+    args: list[str], env: dict[str, str], lifetime: int
+) -> None:
+    result = opspush("token", "--user", "7", *args, env={"OPSPUSH_SECRET": SECRET, **env})
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == lifetime and claims["sub"] == "7"
 
 
 def test_token_refuses_a_ttl_past_the_cap() -> None:
