@@ -48,6 +48,34 @@ SECRET = "a-secret-that-is-long-enough-for-hs256"
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_PORT": "70000"}, "between 0 and 65535"),
         ({"OPSPUSH_SECRET": SECRET, "DATABASE_URL": "mysql://x"}, "postgresql:// URL"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "*"}, "is not an origin"),
+        (
+            {
+                "OPSPUSH_SECRET": SECRET,
+                "OPSPUSH_ALLOWED_ORIGINS": "https://console.example.com:99999",
+            },
+            "'https://console.example.com:99999' is not an origin like https://console.example "
+            "(the port must be a number from 1 to 65535)",
+        ),
+        (
+            {
+                "OPSPUSH_SECRET": SECRET,
+                "OPSPUSH_ALLOWED_ORIGINS": "https://a.example, https://exa mple.com",
+            },
+            "'https://exa mple.com' is not an origin like https://console.example "
+            "('exa mple.com' is not a host name or IP address)",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "https://console.example:0"},
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "https://ops@console.example"},
+            "no path, query or user",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "http://10.0.0.300:8000"},
+            "'10.0.0.300' is not a host name or IP address",
+        ),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "maybe"}, "must be 1 or 0"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "1"}, "no longer takes 1"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "nginx"}, "not an IP address"),
@@ -240,12 +268,18 @@ def test_settings_parse_origins_and_limits() -> None:
     settings = Settings.from_env(
         {
             "OPSPUSH_SECRET": SECRET,
-            "OPSPUSH_ALLOWED_ORIGINS": "https://Console.example, http://localhost:8000/",
+            "OPSPUSH_ALLOWED_ORIGINS": "https://Console.example, http://localhost:8000/, "
+            "https://wall.example:443, http://[::1]:8080",
             "OPSPUSH_MAX_SUBSCRIPTIONS": "5",
             "OPSPUSH_MAX_CONNECTIONS_PER_USER": "0",
         }
     )
-    assert settings.allowed_origins == {"https://console.example", "http://localhost:8000"}
+    assert settings.allowed_origins == {
+        "https://console.example",
+        "http://localhost:8000",
+        "https://wall.example",  # as a browser sends it: no default port
+        "http://[::1]:8080",
+    }
     assert settings.max_subscriptions == 5 and settings.max_connections_per_user == 0
     with pytest.raises(ConfigError):
         Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_RECHECK_INTERVAL": "60"})
