@@ -97,7 +97,17 @@ def test_serve_refuses_bad_configuration_with_one_line(env: dict[str, str], mess
     assert result.stderr.startswith("opspush: ")
 
 
+NOT_TOML = str(Path(__file__).parent.parent / "README.md")
+MAPPING = str(Path(__file__).parent.parent / "examples" / "laravel" / "opspush.toml")
+NO_DATABASE = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres"}  # port 1: refused
+
 BAD_COMMANDS = [
+    # The mapping file is read before DATABASE_URL is looked at.
+    (["attach", "--config", "/no/such/opspush.toml"], {}, "cannot read: No such file"),
+    (["attach", "--config", NOT_TOML, "--check"], {}, "README.md: TOML syntax error"),
+    (["detach", "--config", "/no/such/opspush.toml"], {}, "cannot read: No such file"),
+    (["attach", "--config", MAPPING, "--check"], NO_DATABASE, "127.0.0.1:1: connection refused"),
+    (["detach", "--config", MAPPING], NO_DATABASE, "127.0.0.1:1: connection refused"),
     (["token", "--user", "99999999999999999999999"], {}, "--user must be a user id from 1 to 9"),
     (["token", "--user", "0"], {}, "--user must be a user id from 1 to 9223372036854775807, not 0"),
     (["token", "--user", "7", "--ttl", "0"], {}, "--ttl must be at least 1 second, not 0"),

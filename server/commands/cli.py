@@ -263,15 +263,13 @@ def _token(args: argparse.Namespace) -> int:
 def _attach(args: argparse.Namespace) -> int:
     from .attach_cli import attach_command
 
-    return attach_command(
-        database_url_only(), args.config, check=args.check, triggers=args.triggers
-    )
+    return attach_command(args.config, check=args.check, triggers=args.triggers)
 
 
 def _detach(args: argparse.Namespace) -> int:
     from .attach_cli import detach_command
 
-    return detach_command(database_url_only(), args.config)
+    return detach_command(args.config)
 
 
 def demo_data_dir() -> str:
