@@ -239,19 +239,66 @@ def database_url_only(env: Mapping[str, str] | None = None) -> str:
     return url
 
 
+# A host name as browsers send it in `Origin`: ASCII labels of letters, digits, `_` and inner
+# hyphens (an IDN in its xn-- form), or an IP address (IPv6 in brackets).
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE)
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
 def _origins(value: str) -> frozenset[str]:
+    """OPSPUSH_ALLOWED_ORIGINS: comma-separated scheme://host[:port], as the `Origin` header
+    spells them (lower case, no default port), so that an exact match is the check."""
     origins = set()
     for item in value.split(","):
-        origin = item.strip().rstrip("/")
-        if not origin:
-            continue
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                f"OPSPUSH_ALLOWED_ORIGINS: {origin!r} is not an origin like https://console.example"
-            )
-        origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
+        if item.strip():
+            origins.add(_origin(item.strip()))
     return frozenset(origins)
+
+
+def _origin(item: str) -> str:
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(
+            f"OPSPUSH_ALLOWED_ORIGINS: {item!r} is not an origin like "
+            f"https://console.example ({why})"
+        )
+
+    origin = item.rstrip("/")
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. brackets around what is no IPv6 address
+        raise refuse("the host is not a host name or IP address") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise refuse("the port must be a number from 1 to 65535") from None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
+        raise refuse("it must be http:// or https:// and a host")
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc or "?" in origin:
+        raise refuse("only scheme://host[:port], no path, query or user")
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise refuse("the port must be a number from 1 to 65535")
+    host = (parts.hostname or "").lower()
+    if not _valid_host(host, bracketed=parts.netloc.startswith("[")):
+        raise refuse(f"{host or 'the host'!r} is not a host name or IP address")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
+def _valid_host(host: str, *, bracketed: bool) -> bool:
+    if bracketed:
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    labels = host.split(".")
+    if labels[-1].isdigit():  # the URL standard reads it as an IPv4 address
+        try:
+            return ipaddress.ip_address(host).version == 4
+        except ValueError:
+            return False
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def _proxies(value: str) -> tuple[Network, ...]:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import jwt
 import pytest
 import websockets
 
@@ -58,6 +59,34 @@ SECRET = "a-secret-that-is-long-enough-for-hs256"
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_PORT": "70000"}, "between 0 and 65535"),
         ({"OPSPUSH_SECRET": SECRET, "DATABASE_URL": "mysql://x"}, "postgresql:// URL"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "*"}, "is not an origin"),
+        (
+            {
+                "OPSPUSH_SECRET": SECRET,
+                "OPSPUSH_ALLOWED_ORIGINS": "https://console.example.com:99999",
+            },
+            "'https://console.example.com:99999' is not an origin like https://console.example "
+            "(the port must be a number from 1 to 65535)",
+        ),
+        (
+            {
+                "OPSPUSH_SECRET": SECRET,
+                "OPSPUSH_ALLOWED_ORIGINS": "https://a.example, https://exa mple.com",
+            },
+            "'https://exa mple.com' is not an origin like https://console.example "
+            "('exa mple.com' is not a host name or IP address)",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "https://console.example:0"},
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "https://ops@console.example"},
+            "no path, query or user",
+        ),
+        (
+            {"OPSPUSH_SECRET": SECRET, "OPSPUSH_ALLOWED_ORIGINS": "http://10.0.0.300:8000"},
+            "'10.0.0.300' is not a host name or IP address",
+        ),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_NOTIFY": "maybe"}, "must be 1 or 0"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "1"}, "no longer takes 1"),
         ({"OPSPUSH_SECRET": SECRET, "OPSPUSH_TRUST_PROXY": "nginx"}, "not an IP address"),
@@ -239,6 +268,49 @@ def test_bad_input_is_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1 and result.stdout == "", result.stdout + result.stderr
 
 
+NOT_TOML = str(Path(__file__).parent.parent / "README.md")
+NO_DATABASE = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres"}  # port 1: refused
+
+BAD_COMMANDS = [
+    # The mapping file is read before DATABASE_URL is looked at.
+    (["attach", "--config", "/no/such/opspush.toml"], {}, "cannot read: No such file"),
+    (["attach", "--config", NOT_TOML, "--check"], {}, "README.md: TOML syntax error"),
+    (["detach", "--config", "/no/such/opspush.toml"], {}, "cannot read: No such file"),
+    (["attach", "--config", MAPPING, "--check"], NO_DATABASE, "127.0.0.1:1: connection refused"),
+    (["detach", "--config", MAPPING], NO_DATABASE, "127.0.0.1:1: connection refused"),
+    (["token", "--user", "99999999999999999999999"], {}, "--user must be a user id from 1 to 9"),
+    (["token", "--user", "0"], {}, "--user must be a user id from 1 to 9223372036854775807, not 0"),
+    (["token", "--user", "7", "--ttl", "0"], {}, "--ttl must be at least 1 second, not 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), BAD_COMMANDS)
+def test_bad_commands_are_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = opspush(*args, env={"OPSPUSH_SECRET": SECRET, **env})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("opspush: ") and not result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "lifetime"),
+    [
+        (["--channel", "run:42"], {}, 900),  # a channels token lives at most 900 s
+        (["--channel", "run:42"], {"OPSPUSH_MAX_CHANNEL_TOKEN_TTL": "120"}, 120),
+        ([], {"OPSPUSH_MAX_TOKEN_TTL": "600"}, 600),
+    ],
+)
+def test_token_lives_as_long_as_it_may_by_default(
+    args: list[str], env: dict[str, str], lifetime: int
+) -> None:
+    result = opspush("token", "--user", "7", *args, env={"OPSPUSH_SECRET": SECRET, **env})
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == lifetime and claims["sub"] == "7"
+
+
 def test_token_refuses_a_ttl_past_the_cap() -> None:
     env = {"OPSPUSH_SECRET": SECRET, "OPSPUSH_MAX_TOKEN_TTL": "3600"}
     result = opspush("token", "--user", "7", "--ttl", "3601", env=env)
@@ -376,12 +448,18 @@ def test_settings_parse_origins_and_limits() -> None:
     settings = Settings.from_env(
         {
             "OPSPUSH_SECRET": SECRET,
-            "OPSPUSH_ALLOWED_ORIGINS": "https://Console.example, http://localhost:8000/",
+            "OPSPUSH_ALLOWED_ORIGINS": "https://Console.example, http://localhost:8000/, "
+            "https://wall.example:443, http://[::1]:8080",
             "OPSPUSH_MAX_SUBSCRIPTIONS": "5",
             "OPSPUSH_MAX_CONNECTIONS_PER_USER": "0",
         }
     )
-    assert settings.allowed_origins == {"https://console.example", "http://localhost:8000"}
+    assert settings.allowed_origins == {
+        "https://console.example",
+        "http://localhost:8000",
+        "https://wall.example",  # as a browser sends it: no default port
+        "http://[::1]:8080",
+    }
     assert settings.max_subscriptions == 5 and settings.max_connections_per_user == 0
     with pytest.raises(ConfigError):
         Settings.from_env({"OPSPUSH_SECRET": SECRET, "OPSPUSH_RECHECK_INTERVAL": "60"})

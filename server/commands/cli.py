@@ -18,6 +18,8 @@ from .. import __version__
 from ..config import MAX_WORKERS, ConfigError, Settings, database_url_only, default_data_dir
 from .logs import configure_logging
 
+DEFAULT_TOKEN_TTL = 3600  # `token --ttl` without --channel, if OPSPUSH_MAX_TOKEN_TTL allows
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -100,13 +102,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog="environment:\n  OPSPUSH_SECRET     required: the secret the service verifies with",
         formatter_class=raw,
     )
-    token.add_argument("--user", type=int, required=True)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.add_argument("--user", type=int, required=True, help="the user id (1 to 2^63-1)")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        help=f"seconds (default {DEFAULT_TOKEN_TTL}; with --channel: "
+        "OPSPUSH_MAX_CHANNEL_TOKEN_TTL, 900 by default)",
+    )
     token.add_argument(
         "--channel",
         action="append",
         dest="channels",
-        help="grant this channel only (repeatable; a `channels` token, see docs/attach.md)",
+        help="grant this channel only (repeatable; a `channels` token: the README's "
+        "'Access decided by the host')",
     )
     token.set_defaults(func=_token)
 
@@ -256,10 +264,16 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     from ..core.auth import mint_token
+    from ..core.channels import MAX_ID
 
     settings = Settings.from_env()
-    if args.user < 1 or args.ttl < 1:
-        raise ConfigError("--user and --ttl must be positive")
+    if not 1 <= args.user <= MAX_ID:
+        raise ConfigError(f"--user must be a user id from 1 to {MAX_ID}, not {args.user}")
+    if args.ttl is None:  # an hour, or as long as a channels token may live; never past the cap
+        cap = settings.max_channel_token_ttl if args.channels else DEFAULT_TOKEN_TTL
+        args.ttl = min(cap, settings.max_token_ttl)
+    if args.ttl < 1:
+        raise ConfigError(f"--ttl must be at least 1 second, not {args.ttl}")
     if args.ttl > settings.max_token_ttl:
         raise ConfigError(
             f"--ttl must be at most OPSPUSH_MAX_TOKEN_TTL ({settings.max_token_ttl} s): "
@@ -285,15 +299,13 @@ def _token(args: argparse.Namespace) -> int:
 def _attach(args: argparse.Namespace) -> int:
     from .attach_cli import attach_command
 
-    return attach_command(
-        database_url_only(), args.config, check=args.check, triggers=args.triggers
-    )
+    return attach_command(args.config, check=args.check, triggers=args.triggers)
 
 
 def _detach(args: argparse.Namespace) -> int:
     from .attach_cli import detach_command
 
-    return detach_command(database_url_only(), args.config)
+    return detach_command(args.config)
 
 
 def demo_data_dir() -> str:

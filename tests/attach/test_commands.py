@@ -105,6 +105,22 @@ async def test_a_bad_mapping_is_one_line_exit_2_and_nothing_written(
         assert not await schema_exists(host, schema)
 
 
+async def test_the_summary_counts_problems_in_words(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = mapping_with(
+        tmp_path, "opspush_one_problem", replace=('from = "workspace_user"', 'from = "nowhere"')
+    )
+    result = await asyncio.to_thread(
+        opspush, "attach", "--config", str(path), "--check", env=cli_env
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: workspace_memberships: host table 'nowhere' does not exist",
+        f"opspush: {path}: not usable (1 problem); nothing was written",
+    ]
+
+
 async def test_migrate_refuses_in_attach_mode(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "OPSPUSH_CONFIG": str(MAPPING)}
     result = await asyncio.to_thread(opspush, "migrate", env=env)
