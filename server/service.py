@@ -53,6 +53,9 @@ class Service:
         self.stats = EngineStats()
         self.sessions: set[Session] = set()
         self.per_user: Counter[int] = Counter()
+        # Displays revoked while this process runs (a few ids): a hello whose check of the
+        # display ran before the revocation, and ends after its notice, is refused too.
+        self.revoked_displays: set[int] = set()
         self.per_address: Counter[str] = Counter()
         self.draining = False
         # A reconnect storm is admitted at a bounded rate; the rest are told to back off.
@@ -167,6 +170,7 @@ class Service:
     def terminate_display(self, display_id: int) -> None:
         """Close every socket of this wall display on this process: it was revoked (on any
         process: the revocation is relayed through PostgreSQL, database/displays.py)."""
+        self.revoked_displays.add(display_id)
         ended = [s for s in self.sessions if getattr(s, "display_id", None) == display_id]
         for session in ended:
             session.terminate()

@@ -24,6 +24,7 @@ from ..core import protocol
 from ..core.auth import Identity, InvalidToken, verify_token
 from ..core.channels import Channel, Kind
 from ..core.protocol import CLOSE_TOO_MANY, ProtocolError
+from ..database import displays
 from .engine_socket import EngineSocket
 
 if TYPE_CHECKING:
@@ -203,14 +204,14 @@ class ViewerConnection(EngineSocket):
         hello, since a revocation must stop its tokens at once, not at their expiry."""
         if identity.display_id is None:
             return True
-        from ..database import displays
-
         try:
             active = await displays.is_active(self.service.pool, identity.display_id)
         except Exception as error:  # the database did not answer: the client comes back
             log.info("could not check display %d: %s", identity.display_id, error)
             active = False
-        return active and self.open()
+        # A revocation noticed while the check ran: the check may have read before it.
+        revoked = identity.display_id in self.service.revoked_displays
+        return active and not revoked and self.open()
 
     def _hello_late(self) -> None:
         self._deadline = None
