@@ -1,3 +1,3 @@
 """opspush: a WebSocket push service that replaces browser polling in an operations console."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
