@@ -58,10 +58,10 @@ def postgres_server() -> Iterator[dict[str, Any]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
-    admin_dsn = postgres_server["dsn"]
-    name = f"opspush_test_{uuid.uuid4().hex[:10]}"
+@contextlib.asynccontextmanager
+async def scratch_database(admin_dsn: str, prefix: str = "opspush_test") -> AsyncIterator[str]:
+    """A migrated database of a unique name, dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = await create_database(admin_dsn, name)
     try:
         yield dsn
@@ -71,6 +71,12 @@ async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_dsn(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
+    async with scratch_database(postgres_server["dsn"]) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,9 @@ import errno
 import logging
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import websockets
@@ -21,9 +19,9 @@ from opspush.attach.attach import views_problem
 from opspush.commands.runner import listen_problem
 from opspush.core.retry import backoff, report_due
 from opspush.database.mapping import DOMAIN
-from opspush.database.migrations import create_database, schema_problem
+from opspush.database.migrations import schema_problem
 from opspush.database.storage import create_pool
-from tests.conftest import running_server
+from tests.conftest import running_server, scratch_database
 from tests.factories import Factory
 
 
@@ -135,17 +133,8 @@ def test_listen_problem_names_the_address(host: str, error: OSError, line: str) 
 @pytest.fixture
 async def own_database(postgres_server: dict[str, Any]) -> AsyncIterator[str]:
     """A database of this test's own: its tables are renamed away and back."""
-    admin_dsn = postgres_server["dsn"]
-    name = f"opspush_test_fail_{uuid.uuid4().hex[:8]}"
-    dsn = await create_database(admin_dsn, name)
-    try:
+    async with scratch_database(postgres_server["dsn"], "opspush_test_fail") as dsn:
         yield dsn
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
