@@ -52,7 +52,12 @@ def create_app(
     """
     service = Service(settings, dsn, clock=clock)
     if settings.pusher is not None:
-        service.pusher_hub = PusherHub(terminate_user=service.terminate_user)
+        service.pusher_hub = PusherHub(
+            terminate_user=service.terminate_user,
+            presence_interval=settings.pusher_presence_interval,
+            presence_expiry=settings.pusher_presence_expiry,
+            max_presence_members=settings.pusher_max_presence_members,
+        )
 
     def open_sockets() -> int:
         return len(service.sessions)

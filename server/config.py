@@ -90,6 +90,10 @@ class Settings:
     pusher: PusherApp | None = None  # the Pusher endpoint and HTTP API; None: off
     pusher_activity_timeout: int = 120  # seconds of client silence before a pusher:ping
     pusher_pong_timeout: float = 30.0  # then this long for any answer, or close 4201
+    pusher_max_presence_members: int = 100  # distinct users per presence channel (Pusher's)
+    pusher_client_event_rate: int = 10  # client events a second per socket (Pusher's)
+    pusher_presence_interval: float = 5.0  # each process's member snapshot, this often
+    pusher_presence_expiry: float = 30.0  # a process silent this long loses its members
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -175,6 +179,22 @@ class Settings:
             pusher=_pusher_app(env),
             pusher_activity_timeout=_int(
                 env, "OPSPUSH_PUSHER_ACTIVITY_TIMEOUT", defaults.pusher_activity_timeout, 1, 3600
+            ),
+            pusher_max_presence_members=_int(
+                env,
+                "OPSPUSH_PUSHER_MAX_PRESENCE_MEMBERS",
+                defaults.pusher_max_presence_members,
+                1,
+                10_000,
+            ),
+            pusher_client_event_rate=_int(
+                env, "OPSPUSH_PUSHER_CLIENT_EVENT_RATE", defaults.pusher_client_event_rate, 1, 1000
+            ),
+            pusher_presence_interval=_float(
+                env, "OPSPUSH_PUSHER_PRESENCE_INTERVAL", defaults.pusher_presence_interval, 0.1, 10
+            ),
+            pusher_presence_expiry=_float(
+                env, "OPSPUSH_PUSHER_PRESENCE_EXPIRY", defaults.pusher_presence_expiry, 0.5, 30
             ),
         )
 

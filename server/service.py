@@ -19,6 +19,7 @@ import asyncpg
 from .config import Settings
 from .core import protocol, proxy
 from .core.clock import Clock
+from .database import relay as pusher_relay
 from .database.storage import Storage, create_pool
 from .engine.engine import Engine
 from .engine.failures import FailureLog
@@ -109,6 +110,9 @@ class Service:
             displays=self.terminate_display,
         )
         self.listener.start()
+        if self.pusher_hub is not None:
+            pool = self._pool
+            self.pusher_hub.start(lambda message: pusher_relay.publish(pool, message))
 
     async def _announce_attach(self, schema: str) -> None:
         from .attach.attach import triggers_installed
@@ -131,6 +135,8 @@ class Service:
         self.draining = True
         if self.sessions:
             await self.close_all(protocol.CLOSE_RESTARTING)
+        if self.pusher_hub is not None:
+            await self.pusher_hub.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self._engine is not None:

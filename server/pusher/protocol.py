@@ -134,6 +134,31 @@ def channel_auth_ok(key: str, secret: str, socket_id: str, channel: str, auth: o
     return _matches(key, secret, auth, f"{socket_id}:{channel}")
 
 
+def presence_auth_ok(
+    key: str, secret: str, socket_id: str, channel: str, channel_data: object, auth: object
+) -> bool:
+    """A presence channel's: the HMAC of '<socket_id>:<channel>:<channel_data>'."""
+    if not isinstance(channel_data, str):
+        return False
+    return _matches(key, secret, auth, f"{socket_id}:{channel}:{channel_data}")
+
+
+def client_event_refusal(name: str, subscribed: bool) -> str | None:
+    """May a socket send client event on this channel? None when it may, else why not.
+
+    Private and presence channels the socket holds; never public, encrypted or opspush's.
+    """
+    if is_own(name):
+        return "client events are not accepted on opspush channels"
+    if name.startswith(PRIVATE + "encrypted-"):
+        return "client events are not accepted on encrypted channels"
+    if not name.startswith((PRIVATE, PRESENCE)):
+        return "client events are accepted on private and presence channels only"
+    if not subscribed:
+        return "not subscribed to this channel"
+    return None
+
+
 def user_auth_ok(key: str, secret: str, socket_id: str, user_data: str, auth: object) -> bool:
     """User authentication (`pusher:signin`): the HMAC of '<socket_id>::user::<user_data>'."""
     return _matches(key, secret, auth, f"{socket_id}::user::{user_data}")
@@ -242,8 +267,6 @@ def _event(value: object, *, batch: bool) -> Event:
     for channel in channels:
         if is_own(channel):
             raise PusherError(403, "opspush.* channels are opspush's own")
-        if channel.startswith(PRESENCE):
-            raise PusherError(400, "presence channels are not supported")
     data = value.get("data")
     if not isinstance(data, str):
         raise PusherError(400, "`data` must be a string")
@@ -317,6 +340,26 @@ def subscription_error(channel: str, status: int, message: str) -> str:
     )
 
 
+def presence_succeeded(channel: str, presence: dict[str, Any]) -> str:
+    return frame("pusher_internal:subscription_succeeded", presence, channel)
+
+
+def member_added(channel: str, user_id: str, info: Any) -> str:
+    return frame("pusher_internal:member_added", {"user_id": user_id, "user_info": info}, channel)
+
+
+def member_removed(channel: str, user_id: str) -> str:
+    return frame("pusher_internal:member_removed", {"user_id": user_id}, channel)
+
+
+def client_event(name: str, channel: str, data_json: str, user_id: str | None) -> str:
+    """A client event as the other subscribers get it: `user_id` on presence channels."""
+    out: dict[str, Any] = {"event": name, "channel": channel, "data": data_json}
+    if user_id is not None:
+        out["user_id"] = user_id
+    return protocol.encode(out)
+
+
 def host_event(event: Event, channel: str) -> str:
     return frame(event.name, event.data, channel)
 
@@ -370,6 +413,7 @@ class ClientFrame:
     event: str
     data: dict[str, Any]
     channel: str | None
+    raw: Any = None  # `data` as the client sent it (a client event's is relayed as it is)
 
 
 def parse_client_frame(text: str) -> ClientFrame:
@@ -380,8 +424,10 @@ def parse_client_frame(text: str) -> ClientFrame:
         raise PusherError(400, "frame is not valid JSON") from None
     if not isinstance(value, dict) or not isinstance(value.get("event"), str):
         raise PusherError(400, "a frame is a JSON object with an `event` string")
-    data = value.get("data", {})
-    if isinstance(data, str):  # some clients send data as a JSON string
+    data = raw = value.get("data", {})
+    if isinstance(data, str) and value["event"].startswith("client-"):
+        data = {}  # a client event's data is relayed, never read
+    elif isinstance(data, str):  # some clients send data as a JSON string
         try:
             data = json.loads(data) if data else {}
         except (ValueError, RecursionError):
@@ -391,7 +437,7 @@ def parse_client_frame(text: str) -> ClientFrame:
     if not isinstance(data, dict):
         data = {"value": data}
     channel = value.get("channel")
-    return ClientFrame(value["event"], data, channel if isinstance(channel, str) else None)
+    return ClientFrame(value["event"], data, channel if isinstance(channel, str) else None, raw)
 
 
 def echo(name: object) -> str:

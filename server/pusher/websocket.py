@@ -28,6 +28,7 @@ from ..core import protocol
 from ..core.channels import Kind
 from ..engine.outbox import Outbox
 from ..web.engine_socket import EngineSocket
+from . import presence
 from . import protocol as pusher
 from .hub import PusherHub
 from .protocol import PusherError
@@ -102,6 +103,8 @@ class PusherConnection(EngineSocket):
         self._established = False
         self._activity: asyncio.TimerHandle | None = None
         self._pinged = 0.0
+        rate = service.settings.pusher_client_event_rate
+        self.client_events = protocol.RateLimiter(rate, rate, time.monotonic())
 
     @property
     def hub(self) -> PusherHub:
@@ -249,7 +252,7 @@ class PusherConnection(EngineSocket):
         elif event == "pusher:signin":
             self._signin(frame.data)
         elif event.startswith("client-"):
-            self._error(pusher.CLIENT_EVENT_REJECTED, "client events are not accepted")
+            self._client_event(frame)
         else:
             self._error(None, "unknown event")
 
@@ -268,8 +271,10 @@ class PusherConnection(EngineSocket):
             self._refuse(name, 429, "subscription limit reached")
             return
         if name.startswith(pusher.PRESENCE):
-            status = 403 if pusher.is_own(name) else 400
-            self._refuse(name, status, "presence channels are not supported")
+            if pusher.is_own(name):
+                self._refuse(name, 403, "opspush channels have no presence")
+                return
+            self._join_presence(name, data)
             return
         if name.startswith(pusher.USER_CHANNEL):
             if self.user_id is None or name != f"{pusher.USER_CHANNEL}{self.user_id}":
@@ -303,6 +308,56 @@ class PusherConnection(EngineSocket):
         self.channels.add(channel)
         self.outbox.cancel_close()
         self.service.engine.subscribe(self, channel, granted=self.user_id is None)
+
+    def _join_presence(self, name: str, data: dict[str, object]) -> None:
+        settings = self.service.settings
+        assert settings.pusher is not None
+        channel_data = data.get("channel_data")
+        if not pusher.presence_auth_ok(
+            settings.pusher.key,
+            settings.pusher.secret,
+            self.socket_id,
+            name,
+            channel_data,
+            data.get("auth"),
+        ):
+            log.info("refused a presence signature (bad, missing, or for another socket)")
+            self._refuse(name, 401, "invalid channel signature")
+            return
+        try:
+            user_id, info = presence.parse_channel_data(channel_data)
+        except ValueError as error:
+            self._refuse(name, 400, str(error))
+            return
+        if self.hub.presence_full(name, user_id):
+            self._refuse(name, 403, "presence channel member limit reached")
+            return
+        self.host.add(name)
+        self.frames.send(self.hub.presence_join(self, name, user_id, info))
+
+    def _client_event(self, frame: pusher.ClientFrame) -> None:
+        name = frame.channel
+        refusal = (
+            "a client event needs a channel"
+            if name is None
+            else pusher.client_event_refusal(name, name in self.host)
+        )
+        if refusal is not None or name is None:
+            self._error(pusher.CLIENT_EVENT_REJECTED, refusal or "")
+            return
+        if len(frame.event) > pusher.MAX_EVENT_NAME:
+            self._error(pusher.CLIENT_EVENT_REJECTED, "event name longer than 200 characters")
+            return
+        if not self.client_events.allow(time.monotonic()):
+            self._error(pusher.CLIENT_EVENT_REJECTED, "client event rate limit reached")
+            return
+        data_json = protocol.encode(frame.raw)
+        if len(data_json.encode()) > pusher.MAX_DATA_BYTES:
+            self._error(pusher.CLIENT_EVENT_REJECTED, "client event data larger than 10 KB")
+            return
+        user_id = self.hub.user_of(self, name)
+        if not self.hub.client_event(self, name, frame.event, data_json, user_id):
+            self._error(pusher.CLIENT_EVENT_REJECTED, "too many client events; slow down")
 
     def _join_host(self, name: str) -> None:
         self.host.add(name)
