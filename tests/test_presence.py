@@ -100,3 +100,147 @@ async def test_members_are_shared_by_both_processes_one_per_user(
     for server in pair:
         assert server.service.pusher_hub is not None
         assert sorted(server.service.pusher_hub.roster.members(channel)) == ["1", "3"]
+
+
+async def test_presence_refusals(
+    pair: tuple[RunningServer, RunningServer], sockets: list[PusherSocket]
+) -> None:
+    a, _ = pair
+    socket = await _open(a, sockets)
+    other = await _open(a, sockets)
+    channel = "presence-room.refusals"
+    signed = _presence_auth(a, socket, channel, 1)
+    status = lambda f: f["data"]["status"] if f["event"] == "pusher:subscription_error" else 0  # noqa: E731
+    # channel_data other than the one signed, a signature for another socket, none at all.
+    forged = {**signed, "channel_data": json.dumps({"user_id": 2, "user_info": None})}
+    await socket.send("pusher:subscribe", {"channel": channel, **forged})
+    assert status(await socket.until(lambda f: f.get("channel") == channel)) == 401
+    await other.send("pusher:subscribe", {"channel": channel, **signed})
+    assert status(await other.until(lambda f: f.get("channel") == channel)) == 401
+    await socket.send("pusher:subscribe", {"channel": channel})
+    assert status(await socket.until(lambda f: f.get("channel") == channel)) == 401
+    # A user_info over 1 KB, signed or not, is refused.
+    assert status(await join(a, socket, channel, 1, {"bio": "x" * 1100})) == 400
+    # opspush's own channels have no presence.
+    assert status(await join(a, socket, "presence-opspush.run.1", 1)) == 403
+    assert _ids(await join(a, socket, channel, 1)) == ["1"]
+
+
+async def test_member_limit_counts_distinct_users(
+    database_dsn: str, sockets: list[PusherSocket]
+) -> None:
+    async with pusher_server(database_dsn, pusher_max_presence_members=2, **FAST) as server:
+        channel = "presence-room.full"
+        one, two, three, two_again = [await _open(server, sockets) for _ in range(4)]
+        assert _ids(await join(server, one, channel, 1)) == ["1"]
+        assert _ids(await join(server, two, channel, 2)) == ["1", "2"]
+        refused = await join(server, three, channel, 3)
+        assert refused["event"] == "pusher:subscription_error", refused
+        assert refused["data"]["status"] == 403
+        assert _ids(await join(server, two_again, channel, 2)) == ["1", "2"]  # a second tab
+        for socket in sockets:
+            await socket.close()
+
+
+async def test_client_events_reach_the_other_subscribers_of_both_processes(
+    pair: tuple[RunningServer, RunningServer], sockets: list[PusherSocket]
+) -> None:
+    a, b = pair
+    private = "private-chat.whisper"
+    sender, near, far = await _open(a, sockets), await _open(a, sockets), await _open(b, sockets)
+    for socket, server in ((sender, a), (near, a), (far, b)):
+        auth = host(server).authenticate(channel=private, socket_id=socket.socket_id)["auth"]
+        assert (await socket.subscribe(private, auth))["event"].endswith("succeeded")
+    await sender.send("client-typing", {"who": "me"}, channel=private)
+    for socket in (near, far):
+        frame = await socket.until(lambda f: f["event"] == "client-typing")
+        assert frame == {"event": "client-typing", "channel": private, "data": {"who": "me"}}
+    # Not to the sender: its next frame is the answer to its ping.
+    await sender.send("pusher:ping")
+    assert (await sender.recv())["event"] == "pusher:pong"
+    # On a presence channel, with the sender's user id.
+    channel = "presence-chat.whisper"
+    assert _ids(await join(a, sender, channel, "ann"))
+    await join(b, far, channel, "ben")
+    await sender.send("client-typing", "a string", channel=channel)
+    frame = await far.until(lambda f: f["event"] == "client-typing")
+    assert frame == {"event": "client-typing", "channel": channel, "data": "a string",
+                     "user_id": "ann"}  # fmt: skip
+
+
+async def test_client_event_refusals(
+    pair: tuple[RunningServer, RunningServer], sockets: list[PusherSocket]
+) -> None:
+    a, _ = pair
+    socket, listener = await _open(a, sockets), await _open(a, sockets)
+    assert (await socket.subscribe("public-room"))["event"].endswith("succeeded")
+    private = "private-chat.limits"
+    for s in (socket, listener):
+        auth = host(a).authenticate(channel=private, socket_id=s.socket_id)["auth"]
+        await s.subscribe(private, auth)
+    error = lambda f: f["event"] == "pusher:error"  # noqa: E731
+    for channel in ("public-room", "private-chat.not-subscribed", "private-opspush.run.1",
+                    "private-encrypted-x"):  # fmt: skip
+        await socket.send("client-x", {}, channel=channel)
+        assert (await socket.until(error))["data"]["code"] == 4301, channel
+    await socket.send("client-x", {"big": "x" * 11_000}, channel=private)
+    assert (await socket.until(error))["data"]["code"] == 4301
+    # Over the rate: 10 a second pass, the 11th is refused and dropped.
+    for n in range(11):
+        await socket.send("client-n", {"n": n}, channel=private)
+    assert (await socket.until(error))["data"] == {
+        "code": 4301,
+        "message": "client event rate limit reached",
+    }
+    got = [(await listener.until(lambda f: f["event"] == "client-n"))["data"]["n"]]
+    while got[-1] < 9:
+        got.append((await listener.until(lambda f: f["event"] == "client-n"))["data"]["n"])
+    assert got == list(range(10))
+
+
+@asynccontextmanager
+async def _opspush_process(dsn: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`opspush serve` in its own process, with the Pusher app, fast presence snapshots."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
+    env = {**clean, "DATABASE_URL": dsn, "OPSPUSH_SECRET": SECRET, "OPSPUSH_LOG_LEVEL": "info",
+           "OPSPUSH_PUSHER_APP_ID": APP.app_id, "OPSPUSH_PUSHER_KEY": APP.key,
+           "OPSPUSH_PUSHER_SECRET": APP.secret,
+           "OPSPUSH_PUSHER_PRESENCE_INTERVAL": "0.5"}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port),
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"Uvicorn running on" not in await process.stderr.readline():
+                assert process.returncode is None
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_a_killed_process_loses_its_members_within_the_expiry(
+    pair: tuple[RunningServer, RunningServer], sockets: list[PusherSocket], database_dsn: str
+) -> None:
+    a, _ = pair
+    channel = "presence-room.killed"
+    watcher = await _open(a, sockets)
+    assert _ids(await join(a, watcher, channel, "watcher")) == ["watcher"]
+    async with _opspush_process(database_dsn) as (process, port):
+        remote = RunningServer(a.settings, a.service, port)  # only its port is used
+        doomed = await _open(remote, sockets)
+        await join(remote, doomed, channel, "doomed")
+        await watcher.until(_member("member_added", "doomed"))
+        process.kill()  # SIGKILL: no goodbye, no leave
+        await process.wait()
+        started = asyncio.get_running_loop().time()
+        await watcher.until(_member("member_removed", "doomed"), timeout=10)
+        waited = asyncio.get_running_loop().time() - started
+    sockets.remove(doomed)
+    assert waited <= FAST["pusher_presence_expiry"] + 1.5, waited

@@ -348,12 +348,12 @@ class PusherConnection(EngineSocket):
         if len(frame.event) > pusher.MAX_EVENT_NAME:
             self._error(pusher.CLIENT_EVENT_REJECTED, "event name longer than 200 characters")
             return
-        if not self.client_events.allow(time.monotonic()):
-            self._error(pusher.CLIENT_EVENT_REJECTED, "client event rate limit reached")
-            return
         data_json = protocol.encode(frame.raw)
         if len(data_json.encode()) > pusher.MAX_DATA_BYTES:
             self._error(pusher.CLIENT_EVENT_REJECTED, "client event data larger than 10 KB")
+            return
+        if not self.client_events.allow(time.monotonic()):
+            self._error(pusher.CLIENT_EVENT_REJECTED, "client event rate limit reached")
             return
         user_id = self.hub.user_of(self, name)
         if not self.hub.client_event(self, name, frame.event, data_json, user_id):
