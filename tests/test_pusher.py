@@ -149,7 +149,7 @@ async def test_subscription_errors(
     assert await status(wall, channel_auth(client, socket.socket_id, wall)) == 403
     assert await status(f"opspush.run.{run}", None) == 403
     assert await status(f"presence-opspush.run.{run}", None) == 403
-    assert await status("presence-chat", None) == 400
+    assert await status("presence-chat", None) == 401  # presence needs a signature too
     # After all that, the socket still works.
     good = await socket.subscribe(channel, channel_auth(client, socket.socket_id, channel))
     assert good["event"] == "pusher_internal:subscription_succeeded"
@@ -187,7 +187,7 @@ async def test_client_events_bad_frames_and_a_flood(
         frame = await socket.recv()
         assert frame == {
             "event": "pusher:error",
-            "data": {"code": 4301, "message": "client events are not accepted"},
+            "data": {"code": 4301, "message": "not subscribed to this channel"},
         }
         await socket.connection.send("not json")
         assert (await socket.recv())["event"] == "pusher:error"
@@ -376,8 +376,8 @@ async def test_api_errors_deliver_nothing(ps: RunningServer, sockets: list[Pushe
         await _call(client.trigger, ["orders", "private-opspush.run.1"], "E", "x")
     with pytest.raises(pusher_library.errors.PusherForbidden):
         await _call(client.trigger, "opspush.anything", "E", "x")
-    with pytest.raises(pusher_library.errors.PusherBadRequest):
-        await _call(client.trigger, "presence-room", "E", "x")
+    with pytest.raises(pusher_library.errors.PusherForbidden):
+        await _call(client.trigger, "presence-opspush.run.1", "E", "x")
     batch = [
         {"channel": "orders", "name": "First", "data": "ok"},
         {"channel": "private-opspush.run.1", "name": "Second", "data": "no"},
