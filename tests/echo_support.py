@@ -40,6 +40,12 @@ class EchoProcess:
         self.lines.append(line)
         return line
 
+    async def command(self, value: dict[str, Any]) -> None:
+        """One line on the script's stdin (a whisper to send)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(value) + "\n").encode())
+        await self.process.stdin.drain()
+
     async def until(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
     ) -> dict[str, Any]:

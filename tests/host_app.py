@@ -26,6 +26,8 @@ class Host:
     allowed: set[str] = field(default_factory=set)  # what channels.php's callbacks allow
     user_id: int | None = None  # the signed-in user of /broadcasting/user-auth
     asked: list[str] = field(default_factory=list)
+    # channel_data for presence channels: {"user_id": …, "user_info": …}
+    presence: dict[str, object] | None = None
 
     @property
     def auth_endpoint(self) -> str:
@@ -57,9 +59,9 @@ async def running_host(server: RunningServer, port: int = 0) -> AsyncIterator[Ho
         state.asked.append(channel)
         if channel not in state.allowed:
             return JSONResponse({"message": "forbidden"}, status_code=403, headers=_CORS)
-        return JSONResponse(
-            client.authenticate(channel=channel, socket_id=socket_id), headers=_CORS
-        )
+        custom = state.presence if channel.startswith("presence-") else None
+        signed = client.authenticate(channel=channel, socket_id=socket_id, custom_data=custom)
+        return JSONResponse(signed, headers=_CORS)
 
     async def user_auth(request: Request) -> Response:
         form = await _form(request)

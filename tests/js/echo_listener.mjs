@@ -28,7 +28,7 @@ echo.connector.pusher.connection.bind("state_change", ({ current }) =>
 if (config.signIn) echo.connector.pusher.signin();
 
 // What `#[On('echo-private:opspush.run.{runId},.opspush.state')]` does in Livewire.
-echo
+if (config.runId != null) echo
   .private(`opspush.run.${config.runId}`)
   .listen(".opspush.state", (payload) => print({ kind: "event", event: "opspush.state", payload }))
   .listen(".opspush.end", (payload) => {
@@ -63,5 +63,35 @@ if (config.userEvent) {
   );
 }
 
+// A presence channel, as `Echo.join(...)` is used: who is here, who comes and goes, and
+// whispers (client events) read with `listenForWhisper` and sent on a line of stdin:
+// {"whisper": "typing", "data": {...}}.
+let room = null;
+if (config.presence) {
+  room = echo
+    .join(config.presence)
+    .here((users) => print({ kind: "here", users }))
+    .joining((user) => print({ kind: "joining", user }))
+    .leaving((user) => print({ kind: "leaving", user }))
+    .listenForWhisper("typing", (payload) => print({ kind: "whisper", payload }))
+    .error((error) => print({ kind: "error", error }));
+  echo.connector.pusher.connection.bind("message", (message) => {
+    if (message.event === "pusher:error") print({ kind: "pusher_error", data: message.data });
+  });
+}
+
+let pending = "";
+process.stdin.on("data", (chunk) => {
+  pending += chunk;
+  let newline;
+  while ((newline = pending.indexOf("\n")) >= 0) {
+    const command = JSON.parse(pending.slice(0, newline));
+    pending = pending.slice(newline + 1);
+    if (command.whisper && room) {
+      room.whisper(command.whisper, command.data);
+      print({ kind: "whispered" });
+    }
+  }
+});
 process.stdin.on("end", () => process.exit(0)); // the test ends us by closing stdin
 process.stdin.resume();
