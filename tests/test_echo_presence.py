@@ -50,7 +50,8 @@ async def _members(server: RunningServer, count: int) -> None:
     hub = server.service.pusher_hub
     assert hub is not None
     async with asyncio.timeout(10):
-        while len(hub.roster.members(f"presence-{ROOM}")) != count:
+        # The hub's state, read between turns of this loop: a wait for it, with a deadline.
+        while len(hub.roster.members(f"presence-{ROOM}")) != count:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
@@ -59,7 +60,7 @@ async def _gone(server: RunningServer, user_id: str) -> None:
     hub = server.service.pusher_hub
     assert hub is not None
     async with asyncio.timeout(10):
-        while user_id in hub.present.get(f"presence-{ROOM}", {}):
+        while user_id in hub.present.get(f"presence-{ROOM}", {}):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
@@ -77,35 +78,38 @@ async def test_echo_join_here_joining_whisper_leaving_across_two_processes(
     pair: tuple[RunningServer, RunningServer],
 ) -> None:
     a, b = pair
-    async with _user(a, 1, "Ann") as ann_console, _user(b, 2, "Ben") as ben_console:
-        async with echo_listener(_config(a, ann_console)) as ann:
-            assert await _here(ann) == ["Ann"]
-            await _members(b, 1)
-            async with echo_listener(_config(b, ben_console)) as ben:
-                assert await _here(ben) == ["Ann", "Ben"]
-                joining = await ann.until(_kind("joining"))
-                assert joining == {"kind": "joining", "user": {"id": 2, "name": "Ben"}}
-                # Ben's second tab, on Ann's process: the same list, and no second Ben.
-                async with echo_listener(_config(a, ben_console)) as ben_tab:
-                    assert await _here(ben_tab) == ["Ann", "Ben"]
-                    await ben.command({"whisper": "typing", "data": {"who": "Ben"}})
-                    for echo in (ann, ben_tab):
-                        line = await echo.until(_kind("whisper", "joining", "leaving"))
-                        assert line == {"kind": "whisper", "payload": {"who": "Ben"}}, line
-                    await ann.command({"whisper": "typing", "data": {"who": "Ann"}})
-                    line = await ben.until(_kind("whisper", "joining", "leaving"))
-                    assert line == {"kind": "whisper", "payload": {"who": "Ann"}}, line
-                # One tab closed (once Ann's process has seen it go): Ben is still here, the
-                # next Ann hears is his whisper, not his leaving. Then the last: he leaves.
-                await _gone(a, "2")
-                await _members(a, 2)
-                await ben.command({"whisper": "typing", "data": {"who": "Ben again"}})
-                line = await ann.until(_kind("whisper", "joining", "leaving"))
-                assert line == {"kind": "whisper", "payload": {"who": "Ben again"}}, line
-            leaving = await ann.until(_kind("leaving", "joining", "whisper"))
-            assert leaving == {"kind": "leaving", "user": {"id": 2, "name": "Ben"}}
-            heard = [line["kind"] for line in ann.lines]
-            assert heard.count("joining") == 1 and heard.count("leaving") == 1, heard
+    async with (
+        _user(a, 1, "Ann") as ann_console,
+        _user(b, 2, "Ben") as ben_console,
+        echo_listener(_config(a, ann_console)) as ann,
+    ):
+        assert await _here(ann) == ["Ann"]
+        await _members(b, 1)
+        async with echo_listener(_config(b, ben_console)) as ben:
+            assert await _here(ben) == ["Ann", "Ben"]
+            joining = await ann.until(_kind("joining"))
+            assert joining == {"kind": "joining", "user": {"id": 2, "name": "Ben"}}
+            # Ben's second tab, on Ann's process: the same list, and no second Ben.
+            async with echo_listener(_config(a, ben_console)) as ben_tab:
+                assert await _here(ben_tab) == ["Ann", "Ben"]
+                await ben.command({"whisper": "typing", "data": {"who": "Ben"}})
+                for echo in (ann, ben_tab):
+                    line = await echo.until(_kind("whisper", "joining", "leaving"))
+                    assert line == {"kind": "whisper", "payload": {"who": "Ben"}}, line
+                await ann.command({"whisper": "typing", "data": {"who": "Ann"}})
+                line = await ben.until(_kind("whisper", "joining", "leaving"))
+                assert line == {"kind": "whisper", "payload": {"who": "Ann"}}, line
+            # One tab closed (once Ann's process has seen it go): Ben is still here, the
+            # next Ann hears is his whisper, not his leaving. Then the last: he leaves.
+            await _gone(a, "2")
+            await _members(a, 2)
+            await ben.command({"whisper": "typing", "data": {"who": "Ben again"}})
+            line = await ann.until(_kind("whisper", "joining", "leaving"))
+            assert line == {"kind": "whisper", "payload": {"who": "Ben again"}}, line
+        leaving = await ann.until(_kind("leaving", "joining", "whisper"))
+        assert leaving == {"kind": "leaving", "user": {"id": 2, "name": "Ben"}}
+        heard = [line["kind"] for line in ann.lines]
+        assert heard.count("joining") == 1 and heard.count("leaving") == 1, heard
 
 
 async def test_echo_refused_presence_and_whispers(
