@@ -73,6 +73,7 @@ class PusherHub:
         self.presence_user: dict[tuple[Member, str], str] = {}  # (socket, channel) -> user
         self._deltas: deque[list[Any]] = deque()
         self._resnapshot = False
+        self._announced = False  # the last snapshot sent had members
         self._client_events: deque[dict[str, Any]] = deque()
         self._seq = 0
         self._wake = asyncio.Event()
@@ -115,7 +116,9 @@ class PusherHub:
                 messages.append({"t": "client", "events": batch})
                 if self._client_events:
                     self._wake.set()
-            snapshot = self._resnapshot or now >= next_snapshot
+            # A process with no members, that said so last time, has nothing to repeat.
+            quiet = not self.roster.mine and not self._announced
+            snapshot = self._resnapshot or (now >= next_snapshot and not quiet)
             if self._deltas or snapshot:
                 if snapshot:
                     next_snapshot = now + self.presence_interval
@@ -138,6 +141,7 @@ class PusherHub:
         self._deltas.clear()
         if snapshot:
             message["s"] = self.roster.mine  # the deltas so far are in it
+            self._announced = bool(self.roster.mine)
         else:
             message["d"] = deltas
         return message
