@@ -126,7 +126,7 @@ async def test_hostile_pusher_frames_and_api_requests(
                 (_event(), _signed(_event()), f"{server.http_url}/apps/999/events"),
                 (_event(channels=["private-opspush.run.1"]), None, base),
                 (_event(data="x" * 10_241), None, base),
-                (_event(channels=["presence-x"]), None, base),
+                (_event(channels=["presence-opspush.run.1"]), None, base),
                 (_event(channels=[f"c{n}" for n in range(101)]), None, base),
                 (b"x" * 300_000, None, base),
             ]
