@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from tests.conftest import SECRET, RunningServer, free_socket
+from tests.conftest import RunningServer
 from tests.pusher_support import APP, PusherSocket, host, pusher_server
+from tests.test_processes import opspush_process
 
 FAST = {"pusher_presence_interval": 0.5, "pusher_presence_expiry": 3.0}
 
@@ -198,33 +196,6 @@ async def test_client_event_refusals(
     assert got == list(range(10))
 
 
-@asynccontextmanager
-async def _opspush_process(dsn: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`opspush serve` in its own process, with the Pusher app, fast presence snapshots."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPSPUSH_")}
-    env = {**clean, "DATABASE_URL": dsn, "OPSPUSH_SECRET": SECRET, "OPSPUSH_LOG_LEVEL": "info",
-           "OPSPUSH_PUSHER_APP_ID": APP.app_id, "OPSPUSH_PUSHER_KEY": APP.key,
-           "OPSPUSH_PUSHER_SECRET": APP.secret,
-           "OPSPUSH_PUSHER_PRESENCE_INTERVAL": "0.5"}  # fmt: skip
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "opspush.commands.cli", "serve", "--port", str(port),
-        env=env, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        async with asyncio.timeout(30):
-            while b"Uvicorn running on" not in await process.stderr.readline():
-                assert process.returncode is None
-        yield process, port
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
 async def test_a_killed_process_loses_its_members_within_the_expiry(
     pair: tuple[RunningServer, RunningServer], sockets: list[PusherSocket], database_dsn: str
 ) -> None:
@@ -232,7 +203,13 @@ async def test_a_killed_process_loses_its_members_within_the_expiry(
     channel = "presence-room.killed"
     watcher = await _open(a, sockets)
     assert _ids(await join(a, watcher, channel, "watcher")) == ["watcher"]
-    async with _opspush_process(database_dsn) as (process, port):
+    pusher_env = {
+        "OPSPUSH_PUSHER_APP_ID": APP.app_id,
+        "OPSPUSH_PUSHER_KEY": APP.key,
+        "OPSPUSH_PUSHER_SECRET": APP.secret,
+        "OPSPUSH_PUSHER_PRESENCE_INTERVAL": "0.5",  # fast presence snapshots
+    }
+    async with opspush_process(database_dsn, **pusher_env) as (process, port):
         remote = RunningServer(a.settings, a.service, port)  # only its port is used
         doomed = await _open(remote, sockets)
         await join(remote, doomed, channel, "doomed")
