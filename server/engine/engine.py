@@ -80,7 +80,6 @@ class Engine:
         # At most one statement in flight per kind (and one access load): a slow one is not
         # queued behind, and the other kinds keep their cadence meanwhile.
         self._inflight: dict[Kind | str, asyncio.Task[None]] = {}
-        self._failing: set[Kind | str] = set()
         self._failures = FailureLog(log, "database read")
         self._task: asyncio.Task[None] | None = None
 
@@ -103,7 +102,7 @@ class Engine:
     @property
     def healthy(self) -> bool:
         """The latest statement of every kind succeeded."""
-        return not self._failing
+        return not self._failures.failing
 
     async def _run(self) -> None:
         while True:
@@ -330,10 +329,8 @@ class Engine:
         error = task.exception()
         now = self.clock.monotonic()
         if error is None:
-            self._failing.discard(key)
             self._failures.succeeded(str(key), now)
         else:
-            self._failing.add(key)
             self._failures.failed(str(key), error, now)  # once per interval, not per attempt
         self.wake()  # work deferred behind this one may be waiting
 

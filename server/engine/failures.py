@@ -24,6 +24,11 @@ class FailureLog:
         self.interval = interval
         self._failing: dict[str, _Failing] = {}
 
+    @property
+    def failing(self) -> bool:
+        """Is any key failing now (its last attempt failed)?"""
+        return bool(self._failing)
+
     def failed(self, key: str, error: BaseException, now: float) -> None:
         state = self._failing.get(key)
         if state is None:
