@@ -337,13 +337,12 @@ class PusherConnection(EngineSocket):
 
     def _client_event(self, frame: pusher.ClientFrame) -> None:
         name = frame.channel
-        refusal = (
-            "a client event needs a channel"
-            if name is None
-            else pusher.client_event_refusal(name, name in self.host)
-        )
-        if refusal is not None or name is None:
-            self._error(pusher.CLIENT_EVENT_REJECTED, refusal or "")
+        if name is None:
+            self._error(pusher.CLIENT_EVENT_REJECTED, "a client event needs a channel")
+            return
+        refusal = pusher.client_event_refusal(name, name in self.host)
+        if refusal is not None:
+            self._error(pusher.CLIENT_EVENT_REJECTED, refusal)
             return
         if len(frame.event) > pusher.MAX_EVENT_NAME:
             self._error(pusher.CLIENT_EVENT_REJECTED, "event name longer than 200 characters")
